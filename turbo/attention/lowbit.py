@@ -1,0 +1,26 @@
+"""Low-bit dense attention (SageAttention-style INT8 Q·Kᵀ, FP8 P·V) for layers and steps kept dense."""
+
+from __future__ import annotations
+
+from ..config import AttentionConfig
+from ..runtime import AttentionCall
+from . import reference
+from .base import AttentionMethod
+
+
+class LowBitAttention(AttentionMethod):
+    """Dense attention with INT8 QK and FP8 PV numerics; text tokens (HunyuanVideo) take part like any other
+    token, with the stock key-padding mask."""
+
+    name = "lowbit"
+
+    def __init__(self, config: AttentionConfig):
+        super().__init__()
+        self.block_q = config.block_q
+        self.block_k = config.block_k
+
+    def forward(self, q, k, v, call: AttentionCall):
+        mask = call.attn_mask
+        if mask is not None:
+            mask = mask.reshape(mask.shape[0], -1)
+        return reference.lowbit_attention(q, k, v, block_q=self.block_q, block_k=self.block_k, attn_mask=mask)

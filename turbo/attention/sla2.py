@@ -1,0 +1,56 @@
+"""SLA2: learnable router, learnable sparse/linear mix α, optional low-bit (QAT) sparse branch."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..config import AttentionConfig
+from ..runtime import AttentionCall
+from . import reference
+from .base import AttentionMethod
+
+
+class SLA2Attention(AttentionMethod):
+    """SLA2 per ALGORITHMS.md §2: out = α·O^s + (1−α)·O^l_c.
+
+    α is a sigmoid of a learnable logit per (head, α-bin); query block i of n maps to bin ⌊i·bins/n⌋, so with
+    `alpha_bins` equal to the training resolution's query-block count α is exactly per (head, query block), and other
+    resolutions reuse it by relative position. `alpha_init=1.0` gives α = 1 exactly (pure sparse branch).
+    proj_q / proj_k are identity-initialised (= SLA's heuristic router)."""
+
+    name = "sla2"
+
+    def __init__(self, head_dim: int, heads: int, config: AttentionConfig):
+        super().__init__()
+        self.keep = config.keep
+        self.block_q = config.block_q
+        self.block_k = config.block_k
+        self.soft = config.soft_topk
+        self.tau = config.tau
+        self.quantized = config.quantized
+        self.proj_q = nn.Linear(head_dim, head_dim, bias=False, dtype=torch.float32)
+        self.proj_k = nn.Linear(head_dim, head_dim, bias=False, dtype=torch.float32)
+        nn.init.eye_(self.proj_q.weight)
+        nn.init.eye_(self.proj_k.weight)
+        init = math.inf if config.alpha_init >= 1.0 else math.log(config.alpha_init / (1.0 - config.alpha_init))
+        self.alpha_logit = nn.Parameter(torch.full((heads, config.alpha_bins), init, dtype=torch.float32))
+
+    def alpha(self, num_query_blocks: int) -> torch.Tensor:
+        """α per (head, query block): [H, nq] in (0, 1]."""
+        bins = self.alpha_logit.shape[1]
+        index = torch.arange(num_query_blocks, device=self.alpha_logit.device) * bins // num_query_blocks
+        return torch.sigmoid(self.alpha_logit[:, index])
+
+    def video_attention(self, q, k, v, call: AttentionCall, tail_k=None, tail_v=None, tail_mask=None):
+        alpha = self.alpha(reference.num_blocks(q.shape[1], self.block_q))
+        return reference.sla2_attention(
+            q, k, v, self.keep, alpha, block_q=self.block_q, block_k=self.block_k, proj_q=self.proj_q,
+            proj_k=self.proj_k, soft=self.soft, tau=self.tau, quantized=self.quantized,
+            tail_k=tail_k, tail_v=tail_v, tail_mask=tail_mask,
+        )
+
+    def extra_repr(self) -> str:
+        return f"keep={self.keep}, soft_topk={self.soft}, quantized={self.quantized}"

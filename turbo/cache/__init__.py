@@ -1,0 +1,3 @@
+"""Step-to-step block caching (Temporal Delta Cache).
+
+Not built yet: `CacheConfig(mode="tdc")` raises `NotImplementedMethodError` at `accelerate()` time."""
