@@ -1,0 +1,43 @@
+import imageio.v3 as iio
+import pytest
+
+from pipelines.cli import main
+
+
+def test_info_lists_methods_and_presets(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for word in ("torch", "attention methods:", "sla", "svg2", "not implemented yet", "presets:", "balanced"):
+        assert word in out
+
+
+def test_generate_with_compare_writes_mp4_and_prints_report(tmp_path, capsys):
+    path = tmp_path / "demo.mp4"
+    code = main(["generate", "--height", "64", "--width", "64", "--frames", "9", "--steps", "2", "--compare",
+                 "--attention", "sla", "--keep", "0.5", "--block-q", "16", "--block-k", "16", "--out", str(path)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "unaccelerated:" in out and "accelerated:" in out and "speed-up:" in out
+    assert "attention  sla (keep 50%" in out
+    assert iio.imread(path).shape[0] == 9
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--height", "70"], "height=70 must be a positive multiple of 16"),
+        (["--frames", "10"], "num_frames=10 must be 4k+1"),
+        (["--attention", "svg2"], "SVG2"),
+        (["--attention", "sla", "--keep", "2"], "keep=2.0"),
+        (["--model", "/nonexistent/dir"], "is not a directory"),
+        (["--device", "cuda"], "no CUDA GPU"),
+    ],
+)
+def test_generate_bad_input_is_one_sentence(tmp_path, argv, words):
+    import torch
+
+    if "--device" in argv and torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--steps", "1", "--out", str(tmp_path / "x.mp4"), *argv])
+    assert words in str(exit_info.value)
