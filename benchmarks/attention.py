@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from turbo.attention import reference  # noqa: E402
 from turbo.attention.kernels.router import sla_router  # noqa: E402
-from turbo.attention.kernels.sla_forward import sla_forward, sla_linear_prepass  # noqa: E402
+from turbo.attention.kernels.sla_forward import sla_block_states, sla_forward, sla_linear_states  # noqa: E402
 
 SHAPES = {
     "480p": (1, 32760, 12, 128),  # Wan-1.3B 480p/81f
@@ -52,7 +52,7 @@ def rel_l1(a, b) -> float:
 
 def sla_module(q, k, v, keep, proj, block_q=128, block_k=64, block_m=None, num_warps=None, num_stages=None):
     lut, count = sla_router(q, k, block_q, block_k, keep)
-    state = sla_linear_prepass(k, v, block_k)
+    state = sla_linear_states(k, v, lut, count, block_k)
     return sla_forward(q, k, v, lut, count, block_q, block_k, proj.weight, proj.bias, linear_state=state,
                        block_m=block_m, num_warps=num_warps, num_stages=num_stages)[0]
 
@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--shapes", default="480p,720p")
     parser.add_argument("--keep", default="0.1,0.05,0.03")
     parser.add_argument("--check", action="store_true")
-    parser.add_argument("--variants", default="128x64:8:2,64x64:4:2,128x64:8:3")
+    parser.add_argument("--variants", default="64:4:3,64:4:4,128:8:3")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     import triton
@@ -83,23 +83,24 @@ def main() -> None:
         flash = bench(lambda: sdpa(SDPBackend.FLASH_ATTENTION)(q, k, v))
         rows.append((shape_name, "cuDNN SDPA", "-", cudnn, 1.0, None))
         rows.append((shape_name, "FA2 SDPA", "-", flash, cudnn / flash, None))
-        prepass = bench(lambda: sla_linear_prepass(k, v, 64))
-        rows.append((shape_name, "SLA linear pre-pass", "-", prepass, None, None))
+        states = bench(lambda: sla_block_states(k, v, 64))
+        rows.append((shape_name, "SLA block states h_j, z_j", "-", states, None, None))
         for keep in (float(x) for x in args.keep.split(",")):
             router = bench(lambda: sla_router(q, k, 128, 64, keep))
-            rows.append((shape_name, "SLA router (torch)", keep, router, None, None))
+            rows.append((shape_name, "SLA router", keep, router, None, None))
             lut, count = sla_router(q, k, 128, 64, keep)
-            state = sla_linear_prepass(k, v, 64)
-            for variant in args.variants.split(","):
-                tile, warps, stages = variant.split(":")
-                bm = int(tile.split("x")[0])
+            marg = bench(lambda: sla_linear_states(k, v, lut, count, 64))
+            rows.append((shape_name, "SLA marginal states (block states + GEMM)", keep, marg, None, None))
+            state = sla_linear_states(k, v, lut, count, 64)
+            for i, variant in enumerate(args.variants.split(",")):
+                bm, warps, stages = (int(x) for x in variant.split(":"))
                 t = bench(lambda: sla_forward(q, k, v, lut, count, 128, 64, proj.weight, proj.bias,
-                                              linear_state=state, block_m=bm, num_warps=int(warps),
-                                              num_stages=int(stages)))
-                rows.append((shape_name, f"SLA fwd kernel {variant}", keep, t, cudnn / t, None))
-                t = bench(lambda: sla_forward(q, k, v, lut, count, 128, 64, None, None, block_m=bm,
-                                              num_warps=int(warps), num_stages=int(stages)))
-                rows.append((shape_name, f"sparse-only kernel {variant}", keep, t, cudnn / t, None))
+                                              linear_state=state, block_m=bm, num_warps=warps, num_stages=stages))
+                rows.append((shape_name, f"SLA fwd kernel tile {variant}", keep, t, cudnn / t, None))
+                if i == 0:
+                    t = bench(lambda: sla_forward(q, k, v, lut, count, 128, 64, None, None, block_m=bm,
+                                                  num_warps=warps, num_stages=stages))
+                    rows.append((shape_name, f"sparse-only kernel tile {variant}", keep, t, cudnn / t, None))
             t = bench(lambda: sla_module(q, k, v, keep, proj))
             err = None
             if args.check and shape_name == "480p":

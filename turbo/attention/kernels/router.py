@@ -1,11 +1,52 @@
-"""SLA / SLA2 router for the kernels: block scores → per-row top-k → a query-major LUT (int32, ascending key-block
-order so the sparse loop walks memory forward) and per-row counts."""
+"""SLA / SLA2 router for the kernels: Triton block mean-pooling of Q and K (one read of each), block scores as a
+small GEMM, per-row top-k → a query-major LUT (int32, ascending key-block order so the sparse loop walks memory
+forward) and per-row counts.
+
+Smooth-K is skipped here on purpose: subtracting mean(K) shifts every score of a query-block row by the same constant,
+so the top-k selection is the same as `reference.block_scores` (up to ties)."""
 
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
 
 from .. import reference
+
+
+@triton.jit
+def _block_pool_kernel(X, OUT, stride_b, stride_s, stride_h, seq_len, heads, num_blocks,
+                       D: tl.constexpr, BLOCK: tl.constexpr):
+    """Grid (nb, B·H): mean of each block's real tokens -> OUT [B·H, nb, D] fp32."""
+    blk = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // heads
+    h = bh % heads
+    offs_s = blk * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, D)
+    valid = offs_s < seq_len
+    x = tl.load(X + b * stride_b + h * stride_h + offs_s[:, None] * stride_s + offs_d[None, :],
+                mask=valid[:, None], other=0.0).to(tl.float32)
+    count = tl.minimum(seq_len - blk * BLOCK, BLOCK).to(tl.float32)
+    tl.store(OUT + (bh * num_blocks + blk) * D + offs_d, tl.sum(x, 0) / count)
+
+
+def block_pool(x: torch.Tensor, block: int) -> torch.Tensor:
+    """x [B, S, H, D] -> [B, H, nb, D] fp32 block means (like `reference.block_mean_pool`)."""
+    if not x.is_cuda and not _interpreting():
+        return reference.block_mean_pool(x, block)
+    batch, seq_len, heads, dim = x.shape
+    nb = triton.cdiv(seq_len, block)
+    out = torch.empty(batch, heads, nb, dim, device=x.device, dtype=torch.float32)
+    _block_pool_kernel[(nb, batch * heads)](x, out, x.stride(0), x.stride(1), x.stride(2), seq_len, heads, nb,
+                                            D=dim, BLOCK=block)
+    return out
+
+
+def _interpreting() -> bool:
+    import os
+
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def topk_lut(scores: torch.Tensor, keep: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -17,8 +58,14 @@ def topk_lut(scores: torch.Tensor, keep: float) -> tuple[torch.Tensor, torch.Ten
 
 
 def sla_router(q, k, block_q: int, block_k: int, keep: float, proj_q=None, proj_k=None):
-    """The LUT `reference.sla_attention` selects: top-k of pool(q)·pool(smooth k)ᵀ per query block."""
-    return topk_lut(reference.block_scores(q, k, block_q, block_k, proj_q, proj_k), keep)
+    """The blocks `reference.sla_attention` selects: top-k of pool(q)·pool(k)ᵀ per query block, optionally through
+    SLA2's learnable projections. Returns (lut, count) as `topk_lut`."""
+    pooled_q, pooled_k = block_pool(q, block_q), block_pool(k, block_k)
+    if proj_q is not None:
+        pooled_q = proj_q(pooled_q)
+    if proj_k is not None:
+        pooled_k = proj_k(pooled_k)
+    return topk_lut(torch.matmul(pooled_q, pooled_k.transpose(-1, -2)), keep)
 
 
 def mask_to_lut(block_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

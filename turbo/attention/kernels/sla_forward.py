@@ -1,13 +1,17 @@
-"""Triton SLA forward: block-sparse online-softmax attention over a LUT fused with the complement linear branch.
+"""Triton SLA forward: block-sparse online-softmax attention over a LUT, with the linear branch of the marginal
+blocks added in the same kernel's epilogue.
 
 Same math as `reference.sla_attention` (the oracle), organised for the GPU:
-- `sla_linear_prepass`: φ(K) = softmax over the head dim, stored once, and the global sums H = φ(K)ᵀV, Z = φ(K)ᵀ1 per
-  (batch, head) in fp32.
-- `sla_forward`: one program per (query tile, batch·head). For every key block in its LUT row it runs the exact
-  softmax step and, in the same loop, subtracts that block from the linear branch by accumulating (φQ φKᵀ)V and
-  φQ φKᵀ1; marginal blocks are never visited. The end is O = Oˢ + proj(φQ·H − Σsel) / (φQ·Z − Σsel).
+- `sla_block_states`: per key block j, φ(K_j) = softmax over the head dim, h_j = φ(K_j)ᵀV_j [D, D] and z_j = φ(K_j)ᵀ1.
+- `sla_marginal_states`: H_i = Σ_j M_ij h_j and Z_i = Σ_j M_ij z_j for every query block i, with M the block-level
+  marginal mask (1 = not selected): one dense GEMM [nq, nk] × [nk, D²] per head. Decision: this replaces the
+  "subtract the selected blocks inside the sparse loop" of the SLA-1 code: it costs 2·nq·nk·D² FLOPs on tensor cores
+  (~1% of dense attention), keeps the sparse loop as light as plain block-sparse attention, and sums the marginal
+  blocks directly (no total-minus-selected cancellation).
+- `sla_forward`: one program per (query tile, batch·head): exact softmax over the LUT blocks, then
+  O = Oˢ + proj(φQ·H_i / φQ·Z_i).
 
-Layout [B, S, H, D] with strides; D in {64, 128} (any power of two ≥ 16); any S (ragged last blocks are masked).
+Layout [B, S, H, D] with strides; D a power of two ≥ 16 (64 and 128 in practice); any S (ragged last blocks masked).
 """
 
 from __future__ import annotations
@@ -20,72 +24,74 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _sla_prepass_kernel(
-    K, V, PHI, HPART, ZPART,
+def _block_states_kernel(
+    K, V, HB, ZB,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
-    stride_pb, stride_ps, stride_ph,
-    seq_len, heads, blocks_per_split,
+    seq_len, heads, num_key_blocks,
     D: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """Grid (splits, B·H). φ(K) for this split's tokens, and the split's partial H [D, D] and Z [D] in fp32."""
-    split = tl.program_id(0)
+    """Grid (nk, B·H): h_j = φ(K_j)ᵀ V_j -> HB [B·H, nk, D, D] (V's dtype), z_j = Σ φ(K_j) -> ZB [B·H, nk, D] fp32."""
+    blk = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // heads
     h = bh % heads
+    offs_s = blk * BLOCK + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, D)
-    h_acc = tl.zeros((D, D), dtype=tl.float32)
-    z_acc = tl.zeros((D,), dtype=tl.float32)
-    for blk in range(split * blocks_per_split, (split + 1) * blocks_per_split):
-        offs_s = blk * BLOCK + tl.arange(0, BLOCK)
-        valid = offs_s < seq_len
-        k = tl.load(K + b * stride_kb + h * stride_kh + offs_s[:, None] * stride_ks + offs_d[None, :],
-                    mask=valid[:, None], other=0.0).to(tl.float32)
-        v = tl.load(V + b * stride_vb + h * stride_vh + offs_s[:, None] * stride_vs + offs_d[None, :],
-                    mask=valid[:, None], other=0.0)
-        k = k - tl.max(k, 1)[:, None]
-        e = tl.exp(k)
-        phi = e / tl.sum(e, 1)[:, None]
-        phi = tl.where(valid[:, None], phi, 0.0)
-        phi_lo = phi.to(v.dtype)
-        tl.store(PHI + b * stride_pb + h * stride_ph + offs_s[:, None] * stride_ps + offs_d[None, :], phi_lo,
-                 mask=valid[:, None])
-        h_acc += tl.dot(tl.trans(phi_lo), v)
-        z_acc += tl.sum(phi, 0)
-    base = (bh * tl.num_programs(0) + split)
-    tl.store(HPART + base * D * D + offs_d[:, None] * D + offs_d[None, :], h_acc)
-    tl.store(ZPART + base * D + offs_d, z_acc)
+    valid = offs_s < seq_len
+    k = tl.load(K + b * stride_kb + h * stride_kh + offs_s[:, None] * stride_ks + offs_d[None, :],
+                mask=valid[:, None], other=0.0).to(tl.float32)
+    v = tl.load(V + b * stride_vb + h * stride_vh + offs_s[:, None] * stride_vs + offs_d[None, :],
+                mask=valid[:, None], other=0.0)
+    e = tl.exp(k - tl.max(k, 1)[:, None])
+    phi = tl.where(valid[:, None], e / tl.sum(e, 1)[:, None], 0.0)
+    state = tl.dot(tl.trans(phi.to(v.dtype)), v)
+    out = (bh * num_key_blocks + blk)
+    tl.store(HB + out * D * D + offs_d[:, None] * D + offs_d[None, :], state.to(HB.dtype.element_ty))
+    tl.store(ZB + out * D + offs_d, tl.sum(phi, 0))
 
 
-def sla_linear_prepass(k: torch.Tensor, v: torch.Tensor, block: int = 64, splits: int | None = None):
-    """k, v [B, S, H, D] (fp16/bf16/fp32) -> (φ(K) [B, S, H, D] in k.dtype, H [B, H, D, D] fp32, Z [B, H, D] fp32)."""
+def sla_block_states(k: torch.Tensor, v: torch.Tensor, block_k: int):
+    """k, v [B, S, H, D] -> (h [B, H, nk, D, D] in v.dtype, z [B, H, nk, D] fp32), φ = softmax over D."""
     batch, seq_len, heads, dim = k.shape
-    nblocks = triton.cdiv(seq_len, block)
-    if splits is None:
-        splits = max(1, min(nblocks, 16))
-    per_split = triton.cdiv(nblocks, splits)
-    splits = triton.cdiv(nblocks, per_split)
-    phi = torch.empty_like(k)
-    h_part = torch.empty(batch * heads, splits, dim, dim, device=k.device, dtype=torch.float32)
-    z_part = torch.empty(batch * heads, splits, dim, device=k.device, dtype=torch.float32)
-    _sla_prepass_kernel[(splits, batch * heads)](
-        k, v, phi, h_part, z_part,
+    nk = triton.cdiv(seq_len, block_k)
+    h = torch.empty(batch, heads, nk, dim, dim, device=k.device, dtype=v.dtype)
+    z = torch.empty(batch, heads, nk, dim, device=k.device, dtype=torch.float32)
+    _block_states_kernel[(nk, batch * heads)](
+        k, v, h, z,
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
-        phi.stride(0), phi.stride(1), phi.stride(2),
-        seq_len, heads, per_split,
-        D=dim, BLOCK=block,
+        seq_len, heads, nk,
+        D=dim, BLOCK=block_k,
     )
-    return phi, h_part.sum(1).view(batch, heads, dim, dim), z_part.sum(1).view(batch, heads, dim)
+    return h, z
+
+
+def sla_marginal_states(h: torch.Tensor, z: torch.Tensor, marginal: torch.Tensor):
+    """Sum the block states over each query block's marginal key blocks.
+
+    h [B, H, nk, D, D], z [B, H, nk, D], marginal [B, H, nq, nk] (bool or 0/1) ->
+    (H [B, H, nq, D, D] in h.dtype, fp32 accumulation; Z [B, H, nq, D] fp32)."""
+    batch, heads, nk, dim, _ = h.shape
+    weights = marginal.to(h.dtype)
+    big = torch.matmul(weights, h.reshape(batch, heads, nk, dim * dim))
+    small = torch.matmul(marginal.to(torch.float32), z)
+    return big.reshape(batch, heads, -1, dim, dim), small
+
+
+def marginal_from_lut(lut: torch.Tensor, count: torch.Tensor, num_key_blocks: int) -> torch.Tensor:
+    """bool [B, H, nq, nk]: True for the key blocks a query block did NOT select (the first `count` LUT entries)."""
+    selected = torch.arange(lut.shape[-1], device=lut.device) < count[..., None]
+    marginal = torch.ones(*lut.shape[:-1], num_key_blocks, dtype=torch.bool, device=lut.device)
+    return marginal.scatter(-1, lut.long(), ~selected)
 
 
 @triton.jit
 def _sla_forward_kernel(
-    Q, K, V, PHIK, LUT, COUNT, HT, ZT, PW, PB, OUT, LSE,
+    Q, K, V, LUT, COUNT, HM, ZM, PW, PB, OUT, LSE,
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
-    stride_pb, stride_ps, stride_ph,
     stride_ob, stride_os, stride_oh,
     stride_lb, stride_lh, stride_lq,
     seq_len, heads, num_key_blocks, lut_width, qk_scale,
@@ -104,19 +110,11 @@ def _sla_forward_kernel(
 
     q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :],
                 mask=row_ok[:, None], other=0.0)
-    if HAS_LINEAR:
-        qf = q.to(tl.float32)
-        qf = qf - tl.max(qf, 1)[:, None]
-        eq = tl.exp(qf)
-        phiq = (eq / tl.sum(eq, 1)[:, None]).to(q.dtype)
-        lin = tl.zeros((BLOCK_M, D), dtype=tl.float32)
-        lin_den = tl.zeros((BLOCK_M,), dtype=tl.float32)
-
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_M, D), dtype=tl.float32)
 
-    row = bh * tl.cdiv(seq_len, ROUTER_BLOCK_Q) + qblock  # LUT [B, H, nq, LUT_WIDTH], COUNT [B, H, nq], contiguous
+    row = bh * tl.cdiv(seq_len, ROUTER_BLOCK_Q) + qblock  # LUT [B, H, nq, lut_width], COUNT [B, H, nq], contiguous
     count = tl.load(COUNT + row)
     lut_row = LUT + row * lut_width
     for t in range(0, count):
@@ -135,28 +133,22 @@ def _sla_forward_kernel(
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
-        if HAS_LINEAR:
-            pk = tl.load(PHIK + b * stride_pb + h * stride_ph + offs_s[:, None] * stride_ps + offs_d[None, :],
-                         mask=key_ok[:, None], other=0.0)
-            a = tl.dot(phiq, tl.trans(pk))
-            lin += tl.dot(a.to(v.dtype), v)
-            lin_den += tl.sum(a, 1)
 
     out = acc / l_i[:, None]
     if HAS_LINEAR:
-        h_tot = tl.load(HT + bh * D * D + offs_d[:, None] * D + offs_d[None, :])
-        z_tot = tl.load(ZT + bh * D + offs_d)
-        phiq32 = phiq.to(tl.float32)
-        num = tl.dot(phiq32, h_tot) - lin
-        den = tl.sum(phiq32 * z_tot[None, :], 1) - lin_den
-        # every block selected -> no marginal mass: Oˡ is exactly 0 (avoid dividing rounding noise by ~0)
+        # Oˡ = φQ·H_i / (φQ·Z_i) over the marginal blocks; rows without marginal blocks get no linear term at all
+        # (not even proj's bias), so keep = 1 is exactly dense attention.
+        qf = q.to(tl.float32)
+        eq = tl.exp(qf - tl.max(qf, 1)[:, None])
+        phiq = eq / tl.sum(eq, 1)[:, None]
+        h_i = tl.load(HM + row * D * D + offs_d[:, None] * D + offs_d[None, :])
+        z_i = tl.load(ZM + row * D + offs_d)
+        num = tl.dot(phiq.to(h_i.dtype), h_i)
+        den = tl.sum(phiq * z_i[None, :], 1)
         has_marginal = (den > 0) & (count < num_key_blocks)
-        safe = tl.where(has_marginal, den, 1.0)
-        ol = tl.where(has_marginal[:, None], num / safe[:, None], 0.0)
-        # proj(Oˡ) = Oˡ Wᵀ + b with W [D_out, D_in] fp32 master weights; rows without marginal blocks get no linear
-        # term at all (not even the bias), so keep = 1 is exactly dense attention.
-        w_t = tl.load(PW + offs_d[None, :] * D + offs_d[:, None])
-        lin_out = tl.dot(ol, w_t)
+        ol = tl.where(has_marginal[:, None], num / tl.where(has_marginal, den, 1.0)[:, None], 0.0)
+        w_t = tl.load(PW + offs_d[None, :] * D + offs_d[:, None])  # proj weight [D_out, D_in], read transposed
+        lin_out = tl.dot(ol.to(h_i.dtype), w_t.to(h_i.dtype))
         if HAS_PROJ_BIAS:
             lin_out += tl.load(PB + offs_d)[None, :]
         out += tl.where(has_marginal[:, None], lin_out, 0.0)
@@ -166,42 +158,47 @@ def _sla_forward_kernel(
     tl.store(LSE + b * stride_lb + h * stride_lh + offs_m * stride_lq, lse, mask=row_ok)
 
 
+def sla_linear_states(k, v, lut, count, block_k: int):
+    """(H [B, H, nq, D, D], Z [B, H, nq, D]): the linear-branch state of every query block's marginal blocks."""
+    h, z = sla_block_states(k, v, block_k)
+    return sla_marginal_states(h, z, marginal_from_lut(lut, count, h.shape[2]))
+
+
 def sla_forward(q, k, v, lut, count, block_q: int, block_k: int, proj_weight=None, proj_bias=None, scale=None,
                 linear_state=None, block_m: int | None = None, num_warps: int | None = None,
                 num_stages: int | None = None):
     """SLA forward with the LUT from the router.
 
-    q, k, v: [B, S, H, D]; lut: int32 [B, H, nq, nk_max] key-block indices per router query block (first `count`
-    entries used); count: int32 [B, H, nq]; proj_weight [D, D] / proj_bias [D] (fp32) enable the linear branch
-    (None = pure block-sparse attention). linear_state = (φ(K), H, Z) from `sla_linear_prepass` (computed if None).
+    q, k, v: [B, S, H, D]; lut: int32 [B, H, nq, width] key-block indices per router query block (first `count`
+    entries used); count: int32 [B, H, nq]; proj_weight [D, D] / proj_bias [D] enable the linear branch (None = pure
+    block-sparse attention); linear_state = `sla_linear_states(...)` (computed if None).
     Returns (out [B, S, H, D] in q.dtype, lse [B, H, S] fp32 natural log)."""
     batch, seq_len, heads, dim = q.shape
     scale = dim ** -0.5 if scale is None else scale
-    block_m = block_m or min(block_q, 128 if dim <= 64 else 64)
+    block_m = block_m or min(block_q, 64)
     if block_q % block_m:
         raise ValueError(f"kernel tile {block_m} must divide the router query block {block_q}")
+    lut, count = lut.to(torch.int32).contiguous(), count.to(torch.int32).contiguous()
     has_linear = proj_weight is not None
     if has_linear:
-        phi_k, h_tot, z_tot = linear_state if linear_state is not None else sla_linear_prepass(k, v, block_k)
-        proj_weight = proj_weight.to(torch.float32).contiguous()
+        h_m, z_m = linear_state if linear_state is not None else sla_linear_states(k, v, lut, count, block_k)
+        proj_weight = proj_weight.contiguous()
     else:
-        phi_k = h_tot = z_tot = proj_weight = q  # unused pointers
-    lut, count = lut.to(torch.int32).contiguous(), count.to(torch.int32).contiguous()
+        h_m = z_m = proj_weight = q  # unused pointers
     out = torch.empty_like(q)
     lse = torch.empty(batch, heads, seq_len, device=q.device, dtype=torch.float32)
     grid = (triton.cdiv(seq_len, block_m), batch * heads)
     _sla_forward_kernel[grid](
-        q, k, v, phi_k, lut, count, h_tot, z_tot, proj_weight,
+        q, k, v, lut, count, h_m, z_m, proj_weight,
         proj_bias if proj_bias is not None else proj_weight, out, lse,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
-        phi_k.stride(0), phi_k.stride(1), phi_k.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         lse.stride(0), lse.stride(1), lse.stride(2),
         seq_len, heads, triton.cdiv(seq_len, block_k), lut.shape[-1], scale * LOG2E,
         D=dim, BLOCK_M=block_m, BLOCK_N=block_k, ROUTER_BLOCK_Q=block_q,
         HAS_LINEAR=has_linear, HAS_PROJ_BIAS=proj_bias is not None,
-        num_warps=num_warps or (4 if block_m <= 64 else 8), num_stages=num_stages or 2,
+        num_warps=num_warps or 4, num_stages=num_stages or 3,
     )
     return out, lse
