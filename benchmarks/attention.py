@@ -37,7 +37,7 @@ def bench(fn, warmup=25, rep=100) -> float:
 
 
 def sdpa(backend):
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention import sdpa_kernel
 
     def run(q, k, v):
         with sdpa_kernel(backend):
@@ -110,10 +110,10 @@ def main() -> None:
                 err = rel_l1(out, ref)
                 assert torch.isfinite(out).all(), "NaN/inf in SLA output"
             rows.append((shape_name, "SLA fwd module (router+prepass+kernel)", keep, t, cudnn / t, err))
-        del q, k, v
+        q = k = v = state = None
         torch.cuda.empty_cache()
 
-    print(f"| shape | what | keep | ms | × cuDNN | rel-L1 vs reference |")
+    print("| shape | what | keep | ms | × cuDNN | rel-L1 vs reference |")
     print("|---|---|---|---|---|---|")
     for shape_name, what, keep, ms, ratio, err in rows:
         print(f"| {shape_name} | {what} | {keep} | {ms:.3f} | {'' if ratio is None else f'{ratio:.2f}×'} | "
