@@ -134,7 +134,8 @@ def cmd_generate(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("turbo: --device cuda was requested but this machine has no CUDA GPU; use --device cpu.")
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    on_gpu = device.startswith("cuda")
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if on_gpu else torch.float32)
     overrides = {
         name: getattr(args, name) for name in FIELD_OWNER
         if FIELD_OWNER[name] == "attention" and getattr(args, name, None) is not None

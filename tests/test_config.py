@@ -79,5 +79,7 @@ def test_resolve_config_accepts_presets_dicts_and_none():
 
 
 def test_config_is_frozen():
-    with pytest.raises(Exception):
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
         TurboConfig().attention.keep = 0.5  # type: ignore[misc]

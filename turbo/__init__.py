@@ -4,9 +4,11 @@
     turbo.accelerate(pipe)            # safe default for stock checkpoints
     turbo.accelerate(pipe, "fast")    # a preset; print(pipe.turbo) shows what changed
     turbo.restore(pipe)               # undo
+
+`accelerate`, `restore` and `default_config` are imported on first use, so the kernels and the config can be used
+without importing diffusers.
 """
 
-from .accelerate import accelerate, default_config, restore
 from .capabilities import detect as capabilities
 from .config import PRESETS, AttentionConfig, CacheConfig, QuantConfig, SamplerConfig, TurboConfig
 from .errors import (
@@ -18,6 +20,8 @@ from .errors import (
 )
 
 __version__ = "0.1.0"
+
+_LAZY = {"accelerate", "restore", "default_config"}
 
 __all__ = [
     "PRESETS",
@@ -36,3 +40,14 @@ __all__ = [
     "default_config",
     "restore",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(".accelerate", __name__)
+        # importing the submodule bound `turbo.accelerate` to it; rebind the public functions over it
+        globals().update({lazy: getattr(module, lazy) for lazy in _LAZY})
+        return globals()[name]
+    raise AttributeError(f"module 'turbo' has no attribute {name!r}")

@@ -119,7 +119,7 @@ def _attention_path(config: TurboConfig, capabilities: Capabilities) -> str:
     if backend == "reference":
         return "stock" if method == "dense" else "reference"
     if backend == "triton" and state not in ("kernel", "stock"):
-        reason = "this machine has no CUDA GPU" if capabilities.cuda is None else "turbo has no Triton kernel for it yet"
+        reason = "turbo has no Triton kernel for it yet" if capabilities.cuda else "this machine has no CUDA GPU"
         raise TurboConfigError(
             f"attention.backend='triton' for method '{method}' is unavailable ({reason}); use backend='auto' to run "
             "the PyTorch reference instead."
@@ -131,8 +131,8 @@ def _warnings(config: TurboConfig, preset: str | None, path: str) -> list[str]:
     out = []
     if preset is not None and PRESETS[preset].needs_finetuned:
         out.append(
-            f"preset '{preset}' expects turbo-fine-tuned weights ({PRESETS[preset].description}); on a stock checkpoint "
-            "expect visibly lower quality."
+            f"preset '{preset}' expects turbo-fine-tuned weights ({PRESETS[preset].description}); "
+            "on a stock checkpoint expect visibly lower quality."
         )
     if path == "reference":
         out.append(

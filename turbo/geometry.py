@@ -41,7 +41,9 @@ def geometry_from_latents(shape: tuple[int, ...], patch: tuple[int, int, int]) -
     return TokenGeometry(frames // pt, height // ph, width // pw)
 
 
-def check_video_size(height: int, width: int, num_frames: int, *, spatial_multiple: int = 16, frame_step: int = 4) -> None:
+def check_video_size(
+    height: int, width: int, num_frames: int, *, spatial_multiple: int = 16, frame_step: int = 4
+) -> None:
     """Raise a one-sentence `GeometryError` unless height/width are multiples of 16 and frames = 4k + 1."""
     for name, value in (("height", height), ("width", width)):
         if value <= 0 or value % spatial_multiple:

@@ -80,8 +80,9 @@ class HunyuanVideoAdapter(ModelAdapter):
         dual = find_module_list(model, "transformer_blocks")
         single = find_module_list(model, "single_transformer_blocks")
         sites = [SelfAttentionSite(f"transformer_blocks.{i}.attn", b.attn, i) for i, b in enumerate(dual)]
+        offset = len(dual)  # single-stream blocks continue the layer numbering after the dual-stream ones
         sites += [
-            SelfAttentionSite(f"single_transformer_blocks.{i}.attn", b.attn, len(dual) + i) for i, b in enumerate(single)
+            SelfAttentionSite(f"single_transformer_blocks.{i}.attn", b.attn, offset + i) for i, b in enumerate(single)
         ]
         return sites
 
