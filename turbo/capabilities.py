@@ -12,7 +12,9 @@ from .config import ATTENTION_METHODS, NOT_BUILT
 
 # Attention methods with a Triton kernel in turbo, and the minimum CUDA compute capability each needs.
 # Kernel modules register here when they exist; a method absent from this table runs on the reference path.
-ATTENTION_KERNELS: dict[str, tuple[int, int]] = {}
+ATTENTION_KERNELS: dict[str, tuple[int, int]] = {
+    "sla": (8, 0),  # turbo/attention/kernels/sla_forward.py: forward (inference); training uses the reference
+}
 
 
 def _version(package: str) -> str | None:

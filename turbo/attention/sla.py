@@ -23,11 +23,29 @@ class SLAAttention(AttentionMethod):
         self.block_q = config.block_q
         self.block_k = config.block_k
         self.negligible = config.negligible
+        self.backend = config.backend
         self.proj = nn.Linear(head_dim, head_dim, dtype=torch.float32)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
+    def use_kernel(self, q, tail_k) -> bool:
+        """Triton forward on CUDA for inference; training (grad enabled), text tails (HunyuanVideo) and the
+        negligible class still run the reference until the backward kernel and those variants exist."""
+        return (self.backend != "reference" and q.is_cuda and tail_k is None and self.negligible == 0.0
+                and not torch.is_grad_enabled())
+
     def video_attention(self, q, k, v, call: AttentionCall, tail_k=None, tail_v=None, tail_mask=None):
+        if self.use_kernel(q, tail_k):
+            from .kernels import ops
+            from .kernels.router import topk_lut
+
+            ops.check_sla_inputs(q, k, v, self.block_q, self.block_k)
+            pooled_q = torch.ops.turbo.block_pool(q, self.block_q)
+            pooled_k = torch.ops.turbo.block_pool(k, self.block_k)
+            lut, count = topk_lut(torch.matmul(pooled_q, pooled_k.transpose(-1, -2)), self.keep)
+            out, _ = torch.ops.turbo.sla_forward(q, k, v, lut, count, self.proj.weight, self.proj.bias,
+                                                 self.block_q, self.block_k, q.shape[-1] ** -0.5)
+            return out
         return reference.sla_attention(
             q, k, v, self.keep, block_q=self.block_q, block_k=self.block_k, proj=self.proj,
             negligible=self.negligible, tail_k=tail_k, tail_v=tail_v, tail_mask=tail_mask,

@@ -1,0 +1,53 @@
+"""torch.library custom ops over the Triton kernels: shapes are checked once here, fake (meta) implementations let
+torch.compile trace through them without graph breaks."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .router import block_pool
+from .sla_forward import sla_forward, sla_linear_states
+
+
+@torch.library.custom_op("turbo::block_pool", mutates_args=())
+def block_pool_op(x: Tensor, block: int) -> Tensor:
+    """x [B, S, H, D] -> [B, H, ceil(S/block), D] fp32 block means."""
+    return block_pool(x, block)
+
+
+@block_pool_op.register_fake
+def _(x, block):
+    batch, seq_len, heads, dim = x.shape
+    return x.new_empty((batch, heads, -(-seq_len // block), dim), dtype=torch.float32)
+
+
+@torch.library.custom_op("turbo::sla_forward", mutates_args=())
+def sla_forward_op(
+    q: Tensor, k: Tensor, v: Tensor, lut: Tensor, count: Tensor, proj_weight: Tensor | None,
+    proj_bias: Tensor | None, block_q: int, block_k: int, scale: float,
+) -> tuple[Tensor, Tensor]:
+    """SLA forward (router LUT given): (out [B, S, H, D] q.dtype, lse [B, H, S] fp32)."""
+    state = None
+    if proj_weight is not None:
+        state = sla_linear_states(k, v, lut, count, block_k)
+    return sla_forward(q, k, v, lut, count, block_q, block_k, proj_weight, proj_bias, scale, linear_state=state)
+
+
+@sla_forward_op.register_fake
+def _(q, k, v, lut, count, proj_weight, proj_bias, block_q, block_k, scale):
+    batch, seq_len, heads, _ = q.shape
+    return torch.empty_like(q), q.new_empty((batch, heads, seq_len), dtype=torch.float32)
+
+
+def check_sla_inputs(q: Tensor, k: Tensor, v: Tensor, block_q: int, block_k: int) -> None:
+    """One clear error at the boundary instead of a failure deep inside the kernel."""
+    if q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(f"SLA kernel is self-attention only: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    dim = q.shape[-1]
+    if dim & (dim - 1) or dim < 16:
+        raise ValueError(f"SLA kernel needs a power-of-two head dim >= 16, got {dim}")
+    if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
+        raise ValueError("SLA kernel needs the head dim to be contiguous (stride 1)")
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"SLA kernel supports fp16/bf16/fp32, got {q.dtype}")
