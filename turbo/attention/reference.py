@@ -15,7 +15,7 @@ Conventions
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -28,10 +28,10 @@ CHUNK_ELEMENTS = 64 * 2**20
 INT8_MAX = 127.0
 FP8_E4M3_MAX = 448.0
 
-Projection = Optional[Callable[[Tensor], Tensor]]
+Projection = Callable[[Tensor], Tensor] | None
 # key_weights(r0, r1) -> bool mask or float weights in [0, 1] for query rows r0:r1, broadcastable to
 # [B, H, r1 - r0, keys]; None means every key counts fully.
-KeyWeights = Optional[Callable[[int, int], Optional[Tensor]]]
+KeyWeights = Callable[[int, int], Tensor | None] | None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -364,8 +364,9 @@ def _complement_linear(
         return torch.where(nonzero, numerator / safe, 0.0)
 
     step = max(1, CHUNK_ELEMENTS // (batch * heads * dim * value_dim))
+    several_chunks = step < query_blocks
     outs = [
-        _run_chunk(chunk, phi_q[:, :, c0 : c0 + step], c0, min(query_blocks, c0 + step), several_chunks=step < query_blocks)
+        _run_chunk(chunk, phi_q[:, :, c0 : c0 + step], c0, min(query_blocks, c0 + step), several_chunks=several_chunks)
         for c0 in range(0, query_blocks, step)
     ]
     return torch.cat(outs, 2).reshape(batch, heads, query_blocks * block_q, value_dim)[:, :, :queries]
@@ -599,6 +600,8 @@ def dense_attention(
     if mask is not None:
         if mask.dtype != torch.bool:
             raise TypeError(f"attn_mask must be bool (True = keep), got {mask.dtype}")
+        if mask.dim() not in (2, 4):
+            raise ValueError(f"attn_mask must be [B, Sk] or 4-D [B|1, H|1, Sq|1, Sk], got {tuple(mask.shape)}")
         mask = mask[:, None, None, :] if mask.dim() == 2 else mask
     key_weights = None
     if mask is not None:

@@ -43,7 +43,8 @@ def _(q, k, v, lut, count, proj_weight, proj_bias, block_q, block_k, scale):
 def check_sla_inputs(q: Tensor, k: Tensor, v: Tensor, block_q: int, block_k: int) -> None:
     """One clear error at the boundary instead of a failure deep inside the kernel."""
     if q.shape != k.shape or q.shape != v.shape:
-        raise ValueError(f"SLA kernel is self-attention only: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+        shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        raise ValueError(f"SLA kernel is self-attention only (equal q/k/v shapes): {shapes}")
     dim = q.shape[-1]
     if dim & (dim - 1) or dim < 16:
         raise ValueError(f"SLA kernel needs a power-of-two head dim >= 16, got {dim}")
