@@ -84,7 +84,7 @@ def main() -> None:
         rows.append((shape_name, "cuDNN SDPA", "-", cudnn, 1.0, None))
         rows.append((shape_name, "FA2 SDPA", "-", flash, cudnn / flash, None))
         states = bench(lambda: sla_block_states(k, v, 64))
-        rows.append((shape_name, "SLA block states h_j, z_j", "-", states, None, None))
+        rows.append((shape_name, "SLA block states [h_j, z_j]", "-", states, None, None))
         for keep in (float(x) for x in args.keep.split(",")):
             router = bench(lambda: sla_router(q, k, 128, 64, keep))
             rows.append((shape_name, "SLA router", keep, router, None, None))

@@ -5,7 +5,7 @@ import torch
 
 from turbo.attention import reference
 from turbo.attention.kernels.router import mask_to_lut, sla_router
-from turbo.attention.kernels.sla_forward import marginal_from_lut, sla_block_states, sla_forward
+from turbo.attention.kernels.sla_forward import marginal_weights, sla_block_states, sla_forward
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = 3e-3 if DEVICE == "cuda" else 1e-5  # fp32 tl.dot is TF32 on the GPU
@@ -55,7 +55,8 @@ def test_pure_sparse_forward_and_lse_match_block_sparse_reference():
 
 def test_block_states_and_marginal_lut():
     q, k, v = _qkv(1, 100, 2, 16, torch.float32, 3)
-    h, z = sla_block_states(k, v, 32)
+    states = sla_block_states(k, v, 32)
+    h, z = states[..., :256].reshape(1, 2, 4, 16, 16), states[..., 256:]
     phi = torch.softmax(k.float(), dim=-1)
     padded = torch.nn.functional.pad(phi, (0, 0, 0, 0, 0, 28)).reshape(1, 4, 32, 2, 16)
     vpad = torch.nn.functional.pad(v, (0, 0, 0, 0, 0, 28)).reshape(1, 4, 32, 2, 16)
@@ -63,8 +64,8 @@ def test_block_states_and_marginal_lut():
     torch.testing.assert_close(z, padded.sum(2).transpose(1, 2), atol=TOL, rtol=TOL)
     lut = torch.tensor([[[[2, 0, 3], [1, 3, 3]]]], dtype=torch.int32)
     count = torch.tensor([[[2, 1]]], dtype=torch.int32)
-    expected = torch.tensor([[[[False, True, False, True], [True, False, True, True]]]])
-    assert torch.equal(marginal_from_lut(lut, count, 4), expected)
+    expected = torch.tensor([[[[0.0, 1.0, 0.0, 1.0], [1.0, 0.0, 1.0, 1.0]]]])
+    assert torch.equal(marginal_weights(lut, count, 4, torch.float32), expected)
 
 
 def test_router_pooling_and_selection_match_reference():

@@ -2,9 +2,10 @@
 blocks added in the same kernel's epilogue.
 
 Same math as `reference.sla_attention` (the oracle), organised for the GPU:
-- `sla_block_states`: per key block j, φ(K_j) = softmax over the head dim, h_j = φ(K_j)ᵀV_j [D, D] and z_j = φ(K_j)ᵀ1.
-- `sla_marginal_states`: H_i = Σ_j M_ij h_j and Z_i = Σ_j M_ij z_j for every query block i, with M the block-level
-  marginal mask (1 = not selected): one dense GEMM [nq, nk] × [nk, D²] per head. Decision: this replaces the
+- `sla_block_states`: per key block j, φ(K_j) = softmax over the head dim, h_j = φ(K_j)ᵀV_j [D, D] and z_j = φ(K_j)ᵀ1,
+  stored side by side so one GEMM sums both.
+- `sla_linear_states`: H_i = Σ_j M_ij h_j and Z_i = Σ_j M_ij z_j for every query block i, with M the block-level
+  marginal mask (1 = not selected): one dense GEMM [nq, nk] × [nk, D² + D] per head. Decision: this replaces the
   "subtract the selected blocks inside the sparse loop" of the SLA-1 code: it costs 2·nq·nk·D² FLOPs on tensor cores
   (~1% of dense attention), keeps the sparse loop as light as plain block-sparse attention, and sums the marginal
   blocks directly (no total-minus-selected cancellation).
@@ -25,13 +26,14 @@ LOG2E = 1.4426950408889634
 
 @triton.jit
 def _block_states_kernel(
-    K, V, HB, ZB,
+    K, V, HB,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
     seq_len, heads, num_key_blocks,
     D: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """Grid (nk, B·H): h_j = φ(K_j)ᵀ V_j -> HB [B·H, nk, D, D] (V's dtype), z_j = Σ φ(K_j) -> ZB [B·H, nk, D] fp32."""
+    """Grid (nk, B·H): row (b·h, j) of HB [B·H, nk, D·D + D] (V's dtype) is [h_j = φ(K_j)ᵀ V_j flattened,
+    z_j = Σ φ(K_j)], so one GEMM sums both over the marginal blocks."""
     blk = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // heads
@@ -46,49 +48,38 @@ def _block_states_kernel(
     e = tl.exp(k - tl.max(k, 1)[:, None])
     phi = tl.where(valid[:, None], e / tl.sum(e, 1)[:, None], 0.0)
     state = tl.dot(tl.trans(phi.to(v.dtype)), v)
-    out = (bh * num_key_blocks + blk)
-    tl.store(HB + out * D * D + offs_d[:, None] * D + offs_d[None, :], state.to(HB.dtype.element_ty))
-    tl.store(ZB + out * D + offs_d, tl.sum(phi, 0))
+    row = HB + (bh * num_key_blocks + blk) * (D * D + D)
+    tl.store(row + offs_d[:, None] * D + offs_d[None, :], state.to(HB.dtype.element_ty))
+    tl.store(row + D * D + offs_d, tl.sum(phi, 0).to(HB.dtype.element_ty))
 
 
-def sla_block_states(k: torch.Tensor, v: torch.Tensor, block_k: int):
-    """k, v [B, S, H, D] -> (h [B, H, nk, D, D] in v.dtype, z [B, H, nk, D] fp32), φ = softmax over D."""
+def sla_block_states(k: torch.Tensor, v: torch.Tensor, block_k: int) -> torch.Tensor:
+    """k, v [B, S, H, D] -> [B, H, nk, D·D + D] in v.dtype: per key block, h_j = φ(K_j)ᵀV_j (flattened) then
+    z_j = φ(K_j)ᵀ1, with φ = softmax over D."""
     batch, seq_len, heads, dim = k.shape
     nk = triton.cdiv(seq_len, block_k)
-    h = torch.empty(batch, heads, nk, dim, dim, device=k.device, dtype=v.dtype)
-    z = torch.empty(batch, heads, nk, dim, device=k.device, dtype=torch.float32)
+    states = torch.empty(batch, heads, nk, dim * dim + dim, device=k.device, dtype=v.dtype)
     _block_states_kernel[(nk, batch * heads)](
-        k, v, h, z,
+        k, v, states,
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         seq_len, heads, nk,
         D=dim, BLOCK=block_k,
     )
-    return h, z
+    return states
 
 
-def sla_marginal_states(h: torch.Tensor, z: torch.Tensor, marginal: torch.Tensor):
-    """Sum the block states over each query block's marginal key blocks.
-
-    h [B, H, nk, D, D], z [B, H, nk, D], marginal [B, H, nq, nk] (bool or 0/1) ->
-    (H [B, H, nq, D, D] in h.dtype, fp32 accumulation; Z [B, H, nq, D] fp32)."""
-    batch, heads, nk, dim, _ = h.shape
-    weights = marginal.to(h.dtype)
-    big = torch.matmul(weights, h.reshape(batch, heads, nk, dim * dim))
-    small = torch.matmul(marginal.to(torch.float32), z)
-    return big.reshape(batch, heads, -1, dim, dim), small
-
-
-def marginal_from_lut(lut: torch.Tensor, count: torch.Tensor, num_key_blocks: int) -> torch.Tensor:
-    """bool [B, H, nq, nk]: True for the key blocks a query block did NOT select (the first `count` LUT entries)."""
-    selected = torch.arange(lut.shape[-1], device=lut.device) < count[..., None]
-    marginal = torch.ones(*lut.shape[:-1], num_key_blocks, dtype=torch.bool, device=lut.device)
-    return marginal.scatter(-1, lut.long(), ~selected)
+def marginal_weights(lut: torch.Tensor, count: torch.Tensor, num_key_blocks: int, dtype) -> torch.Tensor:
+    """[B, H, nq, nk] in `dtype`: 1 for the key blocks a query block did NOT select (its first `count` LUT entries),
+    0 for the selected ones."""
+    weights = torch.ones(*lut.shape[:-1], num_key_blocks, dtype=dtype, device=lut.device)
+    unselected = (torch.arange(lut.shape[-1], device=lut.device) >= count[..., None]).to(dtype)
+    return weights.scatter_(-1, lut.long(), unselected)
 
 
 @triton.jit
 def _sla_forward_kernel(
-    Q, K, V, LUT, COUNT, HM, ZM, PW, PB, OUT, LSE,
+    Q, K, V, LUT, COUNT, HM, PW, PB, OUT, LSE,
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
@@ -141,8 +132,9 @@ def _sla_forward_kernel(
         qf = q.to(tl.float32)
         eq = tl.exp(qf - tl.max(qf, 1)[:, None])
         phiq = eq / tl.sum(eq, 1)[:, None]
-        h_i = tl.load(HM + row * D * D + offs_d[:, None] * D + offs_d[None, :])
-        z_i = tl.load(ZM + row * D + offs_d)
+        state = HM + row * (D * D + D)  # [H_i flattened, Z_i]
+        h_i = tl.load(state + offs_d[:, None] * D + offs_d[None, :])
+        z_i = tl.load(state + D * D + offs_d).to(tl.float32)
         num = tl.dot(phiq.to(h_i.dtype), h_i)
         den = tl.sum(phiq * z_i[None, :], 1)
         has_marginal = (den > 0) & (count < num_key_blocks)
@@ -158,10 +150,12 @@ def _sla_forward_kernel(
     tl.store(LSE + b * stride_lb + h * stride_lh + offs_m * stride_lq, lse, mask=row_ok)
 
 
-def sla_linear_states(k, v, lut, count, block_k: int):
-    """(H [B, H, nq, D, D], Z [B, H, nq, D]): the linear-branch state of every query block's marginal blocks."""
-    h, z = sla_block_states(k, v, block_k)
-    return sla_marginal_states(h, z, marginal_from_lut(lut, count, h.shape[2]))
+def sla_linear_states(k, v, lut, count, block_k: int) -> torch.Tensor:
+    """[B, H, nq, D·D + D] in v.dtype: for every query block, [H_i, Z_i] summed over its marginal key blocks by one
+    GEMM (fp32 accumulation) of the block-level marginal mask with the block states."""
+    states = sla_block_states(k, v, block_k)
+    weights = marginal_weights(lut, count, states.shape[2], states.dtype)
+    return torch.matmul(weights, states)
 
 
 def sla_forward(q, k, v, lut, count, block_q: int, block_k: int, proj_weight=None, proj_bias=None, scale=None,
@@ -181,15 +175,15 @@ def sla_forward(q, k, v, lut, count, block_q: int, block_k: int, proj_weight=Non
     lut, count = lut.to(torch.int32).contiguous(), count.to(torch.int32).contiguous()
     has_linear = proj_weight is not None
     if has_linear:
-        h_m, z_m = linear_state if linear_state is not None else sla_linear_states(k, v, lut, count, block_k)
+        h_m = linear_state if linear_state is not None else sla_linear_states(k, v, lut, count, block_k)
         proj_weight = proj_weight.contiguous()
     else:
-        h_m = z_m = proj_weight = q  # unused pointers
+        h_m = proj_weight = q  # unused pointers
     out = torch.empty_like(q)
     lse = torch.empty(batch, heads, seq_len, device=q.device, dtype=torch.float32)
     grid = (triton.cdiv(seq_len, block_m), batch * heads)
     _sla_forward_kernel[grid](
-        q, k, v, lut, count, h_m, z_m, proj_weight,
+        q, k, v, lut, count, h_m, proj_weight,
         proj_bias if proj_bias is not None else proj_weight, out, lse,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
