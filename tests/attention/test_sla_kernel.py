@@ -44,7 +44,7 @@ def test_pure_sparse_forward_and_lse_match_block_sparse_reference():
     seed = int(torch.randint(0, 2**31, ()))
     q, k, v = _qkv(2, 160, 2, 32, torch.float32, seed)
     torch.manual_seed(seed)
-    mask = torch.rand(2, 2, 3, 5) < 0.4
+    mask = (torch.rand(2, 2, 3, 5) < 0.4).to(DEVICE)
     mask[..., 0] = True  # floor of one block per row
     lut, count = mask_to_lut(mask)
     out, lse = sla_forward(q, k, v, lut, count, 64, 32, block_m=64)
