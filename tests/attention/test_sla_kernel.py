@@ -96,3 +96,26 @@ def test_custom_ops_trace_without_graph_breaks():
         compiled = torch.compile(sla, fullgraph=True, backend="aot_eager")(q, k, v)
     torch.testing.assert_close(compiled, eager)
     torch.library.opcheck(torch.ops.turbo.block_pool.default, (q, 64))
+
+
+@pytest.mark.parametrize("keep, dtype", [(0.3, torch.float32), (1.0, torch.float32), (0.5, torch.float16)])
+def test_sla2_mode_matches_reference(keep, dtype):
+    from turbo.attention.kernels.router import sla_router
+
+    seed = int(torch.randint(0, 2**31, ()))
+    q, k, v = _qkv(1, 220, 2, 32, dtype, seed)
+    torch.manual_seed(seed)
+    proj_q = torch.nn.Linear(32, 32, bias=False).to(DEVICE)
+    proj_k = torch.nn.Linear(32, 32, bias=False).to(DEVICE)
+    alpha = torch.rand(2, 4, device=DEVICE) * 0.8 + 0.1
+    if keep == 1.0:
+        alpha.fill_(1.0)
+    with torch.no_grad():
+        lut, count = sla_router(q, k, 64, 32, keep, proj_q, proj_k)
+        out, _ = sla_forward(q, k, v, lut, count, 64, 32, alpha=alpha, block_m=32)
+        expected = reference.sla2_attention(q, k, v, keep, alpha, block_q=64, block_k=32, proj_q=proj_q,
+                                            proj_k=proj_k)
+    tol = 3e-3 if dtype == torch.float32 else 1e-2
+    assert _rel(out, expected) < tol, (seed, _rel(out, expected))
+    if keep == 1.0:
+        assert _rel(out, reference.dense_attention(q, k, v)) < tol

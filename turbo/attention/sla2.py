@@ -31,6 +31,7 @@ class SLA2Attention(AttentionMethod):
         self.soft = config.soft_topk
         self.tau = config.tau
         self.quantized = config.quantized
+        self.backend = config.backend
         self.proj_q = nn.Linear(head_dim, head_dim, bias=False, dtype=torch.float32)
         self.proj_k = nn.Linear(head_dim, head_dim, bias=False, dtype=torch.float32)
         nn.init.eye_(self.proj_q.weight)
@@ -44,8 +45,26 @@ class SLA2Attention(AttentionMethod):
         index = torch.arange(num_query_blocks, device=self.alpha_logit.device) * bins // num_query_blocks
         return torch.sigmoid(self.alpha_logit[:, index])
 
+    def use_kernel(self, q, tail_k) -> bool:
+        """Triton forward on CUDA for inference with hard top-k; SoftTop-k (router training), the QAT low-bit
+        branch, gradients and text tails (HunyuanVideo) run the reference until their kernels exist."""
+        return (self.backend != "reference" and q.is_cuda and tail_k is None and not self.soft
+                and not self.quantized and not torch.is_grad_enabled())
+
     def video_attention(self, q, k, v, call: AttentionCall, tail_k=None, tail_v=None, tail_mask=None):
         alpha = self.alpha(reference.num_blocks(q.shape[1], self.block_q))
+        if self.use_kernel(q, tail_k):
+            from .kernels import ops
+            from .kernels.router import topk_lut
+
+            ops.check_sla_inputs(q, k, v, self.block_q, self.block_k)
+            pooled_q = self.proj_q(torch.ops.turbo.block_pool(q, self.block_q))
+            pooled_k = self.proj_k(torch.ops.turbo.block_pool(k, self.block_k))
+            # softmax(·/√d) is monotone per row: the top-k of the raw scores is the top-k of P_c
+            lut, count = topk_lut(torch.matmul(pooled_q, pooled_k.transpose(-1, -2)), self.keep)
+            out, _ = torch.ops.turbo.sla2_forward(q, k, v, lut, count, alpha, self.block_q, self.block_k,
+                                                  q.shape[-1] ** -0.5)
+            return out
         return reference.sla2_attention(
             q, k, v, self.keep, alpha, block_q=self.block_q, block_k=self.block_k, proj_q=self.proj_q,
             proj_k=self.proj_k, soft=self.soft, tau=self.tau, quantized=self.quantized,

@@ -40,6 +40,22 @@ def _(q, k, v, lut, count, proj_weight, proj_bias, block_q, block_k, scale):
     return torch.empty_like(q), q.new_empty((batch, heads, seq_len), dtype=torch.float32)
 
 
+@torch.library.custom_op("turbo::sla2_forward", mutates_args=())
+def sla2_forward_op(
+    q: Tensor, k: Tensor, v: Tensor, lut: Tensor, count: Tensor, alpha: Tensor, block_q: int, block_k: int,
+    scale: float,
+) -> tuple[Tensor, Tensor]:
+    """SLA2 forward (hard top-k LUT given, alpha [H, nq]): (out [B, S, H, D] q.dtype, lse [B, H, S] fp32)."""
+    state = sla_linear_states(k, v, lut, count, block_k)
+    return sla_forward(q, k, v, lut, count, block_q, block_k, scale=scale, linear_state=state, alpha=alpha)
+
+
+@sla2_forward_op.register_fake
+def _(q, k, v, lut, count, alpha, block_q, block_k, scale):
+    batch, seq_len, heads, _ = q.shape
+    return torch.empty_like(q), q.new_empty((batch, heads, seq_len), dtype=torch.float32)
+
+
 def check_sla_inputs(q: Tensor, k: Tensor, v: Tensor, block_q: int, block_k: int) -> None:
     """One clear error at the boundary instead of a failure deep inside the kernel."""
     if q.shape != k.shape or q.shape != v.shape:

@@ -79,7 +79,7 @@ def marginal_weights(lut: torch.Tensor, count: torch.Tensor, num_key_blocks: int
 
 @triton.jit
 def _sla_forward_kernel(
-    Q, K, V, LUT, COUNT, HM, PW, PB, OUT, LSE,
+    Q, K, V, LUT, COUNT, HM, PW, PB, ALPHA, OUT, LSE,
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
@@ -87,7 +87,7 @@ def _sla_forward_kernel(
     stride_lb, stride_lh, stride_lq,
     seq_len, heads, num_key_blocks, lut_width, qk_scale,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ROUTER_BLOCK_Q: tl.constexpr,
-    HAS_LINEAR: tl.constexpr, HAS_PROJ_BIAS: tl.constexpr,
+    HAS_LINEAR: tl.constexpr, HAS_PROJ_BIAS: tl.constexpr, MIX_ALPHA: tl.constexpr,
 ):
     tile = tl.program_id(0)
     bh = tl.program_id(1)
@@ -120,9 +120,9 @@ def _sla_forward_kernel(
         s = tl.where(key_ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp2(s - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        rescale = tl.exp2(m_i - m_new)
+        l_i = l_i * rescale + tl.sum(p, 1)
+        acc = acc * rescale[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
 
     out = acc / l_i[:, None]
@@ -139,11 +139,15 @@ def _sla_forward_kernel(
         den = tl.sum(phiq * z_i[None, :], 1)
         has_marginal = (den > 0) & (count < num_key_blocks)
         ol = tl.where(has_marginal[:, None], num / tl.where(has_marginal, den, 1.0)[:, None], 0.0)
-        w_t = tl.load(PW + offs_d[None, :] * D + offs_d[:, None])  # proj weight [D_out, D_in], read transposed
-        lin_out = tl.dot(ol.to(h_i.dtype), w_t.to(h_i.dtype))
-        if HAS_PROJ_BIAS:
-            lin_out += tl.load(PB + offs_d)[None, :]
-        out += tl.where(has_marginal[:, None], lin_out, 0.0)
+        if MIX_ALPHA:  # SLA2: out = α·Oˢ + (1 − α)·Oˡ, α per (head, router query block)
+            alpha = tl.load(ALPHA + h * tl.cdiv(seq_len, ROUTER_BLOCK_Q) + qblock)
+            out = alpha * out + (1.0 - alpha) * ol
+        else:  # SLA: out = Oˢ + proj(Oˡ)
+            w_t = tl.load(PW + offs_d[None, :] * D + offs_d[:, None])  # proj weight [D_out, D_in], read transposed
+            lin_out = tl.dot(ol.to(h_i.dtype), w_t.to(h_i.dtype))
+            if HAS_PROJ_BIAS:
+                lin_out += tl.load(PB + offs_d)[None, :]
+            out += tl.where(has_marginal[:, None], lin_out, 0.0)
     tl.store(OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_os + offs_d[None, :],
              out.to(OUT.dtype.element_ty), mask=row_ok[:, None])
     lse = (m_i + tl.log2(l_i)) / 1.4426950408889634
@@ -160,12 +164,13 @@ def sla_linear_states(k, v, lut, count, block_k: int) -> torch.Tensor:
 
 def sla_forward(q, k, v, lut, count, block_q: int, block_k: int, proj_weight=None, proj_bias=None, scale=None,
                 linear_state=None, block_m: int | None = None, num_warps: int | None = None,
-                num_stages: int | None = None):
+                num_stages: int | None = None, alpha=None):
     """SLA forward with the LUT from the router.
 
     q, k, v: [B, S, H, D]; lut: int32 [B, H, nq, width] key-block indices per router query block (first `count`
-    entries used); count: int32 [B, H, nq]; proj_weight [D, D] / proj_bias [D] enable the linear branch (None = pure
-    block-sparse attention); linear_state = `sla_linear_states(...)` (computed if None).
+    entries used); count: int32 [B, H, nq]; proj_weight [D, D] / proj_bias [D] enable SLA's linear branch (None = pure
+    block-sparse attention); alpha [H, nq] fp32 instead selects SLA2's mix α·Oˢ + (1 − α)·Oˡ (no proj);
+    linear_state = `sla_linear_states(...)` (computed if None).
     Returns (out [B, S, H, D] in q.dtype, lse [B, H, S] fp32 natural log)."""
     batch, seq_len, heads, dim = q.shape
     scale = dim ** -0.5 if scale is None else scale
@@ -173,18 +178,23 @@ def sla_forward(q, k, v, lut, count, block_q: int, block_k: int, proj_weight=Non
     if block_q % block_m:
         raise ValueError(f"kernel tile {block_m} must divide the router query block {block_q}")
     lut, count = lut.to(torch.int32).contiguous(), count.to(torch.int32).contiguous()
-    has_linear = proj_weight is not None
+    mix_alpha = alpha is not None
+    has_linear = proj_weight is not None or mix_alpha
+    if mix_alpha:
+        alpha = alpha.to(torch.float32).contiguous()
+        proj_weight = q  # unused pointer
     if has_linear:
         h_m = linear_state if linear_state is not None else sla_linear_states(k, v, lut, count, block_k)
         proj_weight = proj_weight.contiguous()
+        alpha = alpha if mix_alpha else q  # unused pointer
     else:
-        h_m = proj_weight = q  # unused pointers
+        h_m = proj_weight = alpha = q  # unused pointers
     out = torch.empty_like(q)
     lse = torch.empty(batch, heads, seq_len, device=q.device, dtype=torch.float32)
     grid = (triton.cdiv(seq_len, block_m), batch * heads)
     _sla_forward_kernel[grid](
         q, k, v, lut, count, h_m, proj_weight,
-        proj_bias if proj_bias is not None else proj_weight, out, lse,
+        proj_bias if proj_bias is not None else proj_weight, alpha, out, lse,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
@@ -192,7 +202,7 @@ def sla_forward(q, k, v, lut, count, block_q: int, block_k: int, proj_weight=Non
         lse.stride(0), lse.stride(1), lse.stride(2),
         seq_len, heads, triton.cdiv(seq_len, block_k), lut.shape[-1], scale * LOG2E,
         D=dim, BLOCK_M=block_m, BLOCK_N=block_k, ROUTER_BLOCK_Q=block_q,
-        HAS_LINEAR=has_linear, HAS_PROJ_BIAS=proj_bias is not None,
+        HAS_LINEAR=has_linear, HAS_PROJ_BIAS=proj_bias is not None, MIX_ALPHA=mix_alpha,
         num_warps=num_warps or 4, num_stages=num_stages or 3,
     )
     return out, lse
