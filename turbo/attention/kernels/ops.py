@@ -56,6 +56,40 @@ def _(q, k, v, lut, count, alpha, block_q, block_k, scale):
     return torch.empty_like(q), q.new_empty((batch, heads, seq_len), dtype=torch.float32)
 
 
+def _setup_sla(ctx, inputs, output):
+    q, k, v, lut, count, proj_weight, proj_bias, block_q, block_k, scale = inputs
+    ctx.save_for_backward(q, k, v, lut, count, proj_weight, proj_bias, output[1])
+    ctx.config = (block_q, block_k, scale)
+
+
+def _backward_sla(ctx, grad_out, grad_lse):
+    from .sla_backward import sla_backward
+
+    q, k, v, lut, count, proj_weight, proj_bias, lse = ctx.saved_tensors
+    dq, dk, dv, dw, db, _ = sla_backward(grad_out.contiguous(), q, k, v, lse, lut, count, *ctx.config,
+                                         proj_weight=proj_weight, proj_bias=proj_bias)
+    return dq, dk, dv, None, None, dw, db, None, None, None
+
+
+def _setup_sla2(ctx, inputs, output):
+    q, k, v, lut, count, alpha, block_q, block_k, scale = inputs
+    ctx.save_for_backward(q, k, v, lut, count, alpha, output[1])
+    ctx.config = (block_q, block_k, scale)
+
+
+def _backward_sla2(ctx, grad_out, grad_lse):
+    from .sla_backward import sla_backward
+
+    q, k, v, lut, count, alpha, lse = ctx.saved_tensors
+    dq, dk, dv, _, _, d_alpha = sla_backward(grad_out.contiguous(), q, k, v, lse, lut, count, *ctx.config,
+                                             alpha=alpha)
+    return dq, dk, dv, None, None, d_alpha, None, None, None
+
+
+sla_forward_op.register_autograd(_backward_sla, setup_context=_setup_sla)
+sla2_forward_op.register_autograd(_backward_sla2, setup_context=_setup_sla2)
+
+
 def check_sla_inputs(q: Tensor, k: Tensor, v: Tensor, block_q: int, block_k: int) -> None:
     """One clear error at the boundary instead of a failure deep inside the kernel."""
     if q.shape != k.shape or q.shape != v.shape:
