@@ -14,6 +14,7 @@ from .config import ATTENTION_METHODS, NOT_BUILT
 # Kernel modules register here when they exist; a method absent from this table runs on the reference path.
 ATTENTION_KERNELS: dict[str, tuple[int, int]] = {
     "sla": (8, 0),  # turbo/attention/kernels/sla_forward.py: forward (inference); training uses the reference
+    "svg": (8, 0),  # band attention on the same block-sparse kernel (inference; HunyuanVideo text tail: reference)
     "sla2": (8, 0),  # same kernel, α-mix mode: hard top-k forward (inference); QAT / SoftTop-k use the reference
 }
 

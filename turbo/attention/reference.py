@@ -767,10 +767,10 @@ def svg_attention(
     )
     out = _tokens_first(out, q.dtype)
     out = torch.where(temporal, out[:, to_frame_major], out)
-    return out, labels, _band_density(band, length, block_q, block_k)
+    return out, labels, band_density(band, length, block_q, block_k)
 
 
-def _band_density(band: Tensor, length: int, block_q: int, block_k: int) -> float:
+def band_density(band: Tensor, length: int, block_q: int, block_k: int) -> float:
     """Fraction of the S×S map a block mask computes, each block weighted by its real (possibly ragged) size."""
     area = _block_sizes(length, block_q, band.device)[:, None] * _block_sizes(length, block_k, band.device)[None, :]
     return float((band * area).sum()) / float(length * length)
