@@ -1,7 +1,7 @@
 """Attention benchmark on a CUDA GPU: turbo's kernels vs cuDNN SDPA measured in the same run.
 
     python benchmarks/attention.py [--shapes 480p,720p,hunyuan720p] [--keep 0.1,0.05,0.03]
-                                   [--sections sla,sla2,fwdbwd,lowbit] [--check]
+                                   [--sections sla,sla2,svg,fwdbwd,lowbit] [--check]
 
 Prints one table (medians of triton.testing.do_bench; ratio = cuDNN time / turbo time, both measured here) and, with
 --check, bf16 accuracy vs the PyTorch reference (rel-L1; NaN never passes). SLA "module" = what the attention method
@@ -29,6 +29,7 @@ SHAPES = {
     "720p": (1, 75600, 40, 128),  # Wan-14B 720p/81f
     "hunyuan720p": (1, 118800, 24, 128),
 }
+GRIDS = {"480p": (21, 1560), "720p": (21, 3600), "hunyuan720p": (33, 3600)}  # latent frames, tokens per frame
 ROWS: list[tuple] = []
 
 
@@ -141,6 +142,27 @@ def section_fwdbwd(shape, q, k, v, keeps, check):
         add(shape, "SLA fwd+bwd module (max grad rel-L1)", keep, bench(sla_step, warmup=5, rep=30), base, err)
 
 
+def section_svg(shape, q, k, v, cudnn, check):
+    from turbo.attention import SVGAttention
+    from turbo.config import AttentionConfig
+
+    frames, per_frame = GRIDS[shape]
+    for density in (0.25, 0.15):
+        method = SVGAttention(AttentionConfig(method="svg", density=density))
+
+        def run():
+            return method.kernel_forward(q, k, v, frames, per_frame, torch.Generator(device="cuda").manual_seed(0))
+
+        with torch.no_grad():
+            out, labels, real_density = run()
+            err = None
+            if check and shape == "480p":
+                ref, _, _ = reference.svg_attention(q, k, v, frames, per_frame, density, 128, 64, labels=labels)
+                err = rel_l1(out, ref)
+            add(shape, f"SVG (profiling + permute + band kernel), block density {real_density:.1%}", density,
+                bench(run), cudnn, err)
+
+
 def realish(b, s, h, d, seed=0):
     g = torch.Generator(device="cuda").manual_seed(seed)
     q = torch.randn(b, s, h, d, device="cuda", generator=g)
@@ -151,6 +173,7 @@ def realish(b, s, h, d, seed=0):
 
 def section_lowbit(shape, q, k, v, cudnn):
     from torch.nn.attention import SDPBackend
+
     from turbo.attention.kernels.lowbit_forward import lowbit_attention
 
     exact = sdpa(SDPBackend.CUDNN_ATTENTION, q, k, v)
@@ -175,7 +198,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--shapes", default="480p,720p")
     parser.add_argument("--keep", default="0.1,0.05,0.03")
-    parser.add_argument("--sections", default="sla,sla2,fwdbwd,lowbit")
+    parser.add_argument("--sections", default="sla,sla2,svg,fwdbwd,lowbit")
     parser.add_argument("--check", action="store_true")
     parser.add_argument("--variants", default="64:4:3,128:8:3")
     args = parser.parse_args()
@@ -197,6 +220,8 @@ def main() -> None:
             section_sla(shape, q, k, v, keeps, cudnn, args.check, args.variants.split(","))
         if "sla2" in sections:
             section_sla2(shape, q, k, v, keeps, cudnn, args.check)
+        if "svg" in sections:
+            section_svg(shape, q, k, v, cudnn, args.check)
         if "lowbit" in sections:
             section_lowbit(shape, q, k, v, cudnn)
         if "fwdbwd" in sections:
