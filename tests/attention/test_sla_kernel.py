@@ -119,3 +119,28 @@ def test_sla2_mode_matches_reference(keep, dtype):
     assert _rel(out, expected) < tol, (seed, _rel(out, expected))
     if keep == 1.0:
         assert _rel(out, reference.dense_attention(q, k, v)) < tol
+
+
+@pytest.mark.parametrize("alpha_mode", [False, True])
+def test_text_tail_keys_match_reference(alpha_mode):
+    from turbo.attention.kernels.router import sla_router
+
+    seed = int(torch.randint(0, 2**31, ()))
+    q, k, v = _qkv(2, 160, 2, 32, torch.float32, seed)
+    tk, tv = _qkv(2, 40, 2, 32, torch.float32, seed + 1)[:2]
+    tail_mask = torch.ones(2, 40, dtype=torch.bool, device=DEVICE)
+    tail_mask[0, 25:] = False
+    tk[0, 25:] = 1e3  # padding slots hold garbage that must not matter
+    proj = torch.nn.Linear(32, 32).to(DEVICE)
+    alpha = torch.full((2, 3), 0.7, device=DEVICE)
+    tail = {"tail_k": tk, "tail_v": tv, "tail_mask": tail_mask}
+    with torch.no_grad():
+        lut, count = sla_router(q, k, 64, 32, 0.4)
+        if alpha_mode:
+            out, _ = sla_forward(q, k, v, lut, count, 64, 32, alpha=alpha, block_m=32, **tail)
+            expected = reference.sla2_attention(q, k, v, 0.4, alpha, block_q=64, block_k=32, **tail)
+        else:
+            out, _ = sla_forward(q, k, v, lut, count, 64, 32, proj.weight, proj.bias, block_m=32, **tail)
+            expected = reference.sla_attention(q, k, v, 0.4, block_q=64, block_k=32, proj=proj, **tail)
+    assert torch.isfinite(out).all()
+    assert _rel(out, expected) < TOL * 3, (seed, _rel(out, expected))

@@ -29,10 +29,10 @@ class SLAAttention(AttentionMethod):
         nn.init.zeros_(self.proj.bias)
 
     def use_kernel(self, q, tail_k) -> bool:
-        """Triton forward on CUDA for inference; training (grad enabled), text tails (HunyuanVideo) and the
-        negligible class still run the reference until the backward kernel and those variants exist."""
-        return (self.backend != "reference" and q.is_cuda and tail_k is None and self.negligible == 0.0
-                and not torch.is_grad_enabled())
+        """Triton kernels on CUDA (forward, and backward without text tail); the negligible class and gradients
+        through HunyuanVideo's text tail run the reference."""
+        return (self.backend != "reference" and q.is_cuda and self.negligible == 0.0
+                and (tail_k is None or not torch.is_grad_enabled()))
 
     def video_attention(self, q, k, v, call: AttentionCall, tail_k=None, tail_v=None, tail_mask=None):
         if self.use_kernel(q, tail_k):
@@ -44,7 +44,8 @@ class SLAAttention(AttentionMethod):
             pooled_k = torch.ops.turbo.block_pool(k, self.block_k)
             lut, count = topk_lut(torch.matmul(pooled_q, pooled_k.transpose(-1, -2)), self.keep)
             out, _ = torch.ops.turbo.sla_forward(q, k, v, lut, count, self.proj.weight, self.proj.bias,
-                                                 self.block_q, self.block_k, q.shape[-1] ** -0.5)
+                                                 self.block_q, self.block_k, q.shape[-1] ** -0.5, tail_k, tail_v,
+                                                 tail_mask)
             return out
         return reference.sla_attention(
             q, k, v, self.keep, block_q=self.block_q, block_k=self.block_k, proj=self.proj,

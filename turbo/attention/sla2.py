@@ -46,10 +46,10 @@ class SLA2Attention(AttentionMethod):
         return torch.sigmoid(self.alpha_logit[:, index])
 
     def use_kernel(self, q, tail_k) -> bool:
-        """Triton forward on CUDA for inference with hard top-k; SoftTop-k (router training), the QAT low-bit
-        branch, gradients and text tails (HunyuanVideo) run the reference until their kernels exist."""
-        return (self.backend != "reference" and q.is_cuda and tail_k is None and not self.soft
-                and not self.quantized and not torch.is_grad_enabled())
+        """Triton kernels on CUDA with hard top-k (forward, and backward without text tail); SoftTop-k (router
+        training), the QAT low-bit branch and gradients through HunyuanVideo's text tail run the reference."""
+        return (self.backend != "reference" and q.is_cuda and not self.soft and not self.quantized
+                and (tail_k is None or not torch.is_grad_enabled()))
 
     def video_attention(self, q, k, v, call: AttentionCall, tail_k=None, tail_v=None, tail_mask=None):
         alpha = self.alpha(reference.num_blocks(q.shape[1], self.block_q))
@@ -63,7 +63,7 @@ class SLA2Attention(AttentionMethod):
             # softmax(·/√d) is monotone per row: the top-k of the raw scores is the top-k of P_c
             lut, count = topk_lut(torch.matmul(pooled_q, pooled_k.transpose(-1, -2)), self.keep)
             out, _ = torch.ops.turbo.sla2_forward(q, k, v, lut, count, alpha, self.block_q, self.block_k,
-                                                  q.shape[-1] ** -0.5)
+                                                  q.shape[-1] ** -0.5, tail_k, tail_v, tail_mask)
             return out
         return reference.sla2_attention(
             q, k, v, self.keep, alpha, block_q=self.block_q, block_k=self.block_k, proj_q=self.proj_q,

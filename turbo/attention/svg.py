@@ -42,7 +42,8 @@ class SVGAttention(AttentionMethod):
         seed = zlib.crc32(f"{call.layer_index}:{call.step_index}:{call.branch}".encode())
         generator = torch.Generator(device=q.device).manual_seed(seed)
         if self.use_kernel(q, tail_k):
-            out, labels, density = self.kernel_forward(q, k, v, geometry.frames, geometry.tokens_per_frame, generator)
+            out, labels, density = self.kernel_forward(q, k, v, geometry.frames, geometry.tokens_per_frame, generator,
+                                                       tail_k, tail_v, tail_mask)
         else:
             out, labels, density = reference.svg_attention(
                 q, k, v, geometry.frames, geometry.tokens_per_frame, self.density, block_q=self.block_q,
@@ -54,9 +55,8 @@ class SVGAttention(AttentionMethod):
         return out
 
     def use_kernel(self, q, tail_k) -> bool:
-        """The Triton block-sparse forward on CUDA for inference; text tails (HunyuanVideo) and gradients use the
-        reference until the kernel takes a tail."""
-        return self.backend != "reference" and q.is_cuda and tail_k is None and not torch.is_grad_enabled()
+        """The Triton block-sparse forward on CUDA for inference (gradients use the reference)."""
+        return self.backend != "reference" and q.is_cuda and not torch.is_grad_enabled()
 
     def _band_lut(self, length: int, width: int, sink: int, device):
         key = (length, width, sink, self.block_q, self.block_k, str(device))
@@ -69,7 +69,8 @@ class SVGAttention(AttentionMethod):
             self._band_cache[key] = (lut, count, density)
         return self._band_cache[key]
 
-    def kernel_forward(self, q, k, v, frames: int, tokens_per_frame: int, generator):
+    def kernel_forward(self, q, k, v, frames: int, tokens_per_frame: int, generator, tail_k=None, tail_v=None,
+                       tail_mask=None):
         """Same computation as `reference.svg_attention` (labels from the same profiling rows) with the band
         attention on the Triton block-sparse kernel. Returns (out, labels [B, H], density)."""
         from .kernels.sla_forward import sla_forward
@@ -77,7 +78,8 @@ class SVGAttention(AttentionMethod):
         batch, length, heads, _ = q.shape
         width = reference.svg_band_width(self.density, length)
         labels = reference.svg_profile_heads(q, k, v, frames, tokens_per_frame, width, tokens_per_frame,
-                                             self.profile_rows, generator)
+                                             self.profile_rows, generator, tail_k=tail_k, tail_v=tail_v,
+                                             tail_mask=tail_mask)
         temporal = (labels == 1)[:, None, :, None]
         to_token_major = reference.frame_to_token_major(frames, tokens_per_frame, q.device)
         to_frame_major = torch.argsort(to_token_major)
@@ -85,7 +87,8 @@ class SVGAttention(AttentionMethod):
         lut, count, density = self._band_lut(length, width, tokens_per_frame, q.device)
         lut = lut.expand(batch, heads, -1, -1).contiguous()
         count = count.expand(batch, heads, -1).contiguous()
-        out, _ = sla_forward(qp, kp, vp, lut, count, self.block_q, self.block_k)
+        out, _ = sla_forward(qp, kp, vp, lut, count, self.block_q, self.block_k, tail_k=tail_k, tail_v=tail_v,
+                             tail_mask=tail_mask)
         return torch.where(temporal, out[:, to_frame_major], out), labels, density
 
     def extra_repr(self) -> str:

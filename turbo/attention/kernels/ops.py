@@ -25,17 +25,21 @@ def _(x, block):
 @torch.library.custom_op("turbo::sla_forward", mutates_args=())
 def sla_forward_op(
     q: Tensor, k: Tensor, v: Tensor, lut: Tensor, count: Tensor, proj_weight: Tensor | None,
-    proj_bias: Tensor | None, block_q: int, block_k: int, scale: float,
+    proj_bias: Tensor | None, block_q: int, block_k: int, scale: float, tail_k: Tensor | None = None,
+    tail_v: Tensor | None = None, tail_mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """SLA forward (router LUT given): (out [B, S, H, D] q.dtype, lse [B, H, S] fp32)."""
+    """SLA forward (router LUT given): (out [B, S, H, D] q.dtype, lse [B, H, S] fp32). Optional tail keys
+    (HunyuanVideo text) [B, L, H, D] with tail_mask [B, L] are attended by every query (forward only)."""
     state = None
     if proj_weight is not None:
         state = sla_linear_states(k, v, lut, count, block_k)
-    return sla_forward(q, k, v, lut, count, block_q, block_k, proj_weight, proj_bias, scale, linear_state=state)
+    return sla_forward(q, k, v, lut, count, block_q, block_k, proj_weight, proj_bias, scale, linear_state=state,
+                       tail_k=tail_k, tail_v=tail_v, tail_mask=tail_mask)
 
 
 @sla_forward_op.register_fake
-def _(q, k, v, lut, count, proj_weight, proj_bias, block_q, block_k, scale):
+def _(q, k, v, lut, count, proj_weight, proj_bias, block_q, block_k, scale, tail_k=None, tail_v=None,
+      tail_mask=None):
     batch, seq_len, heads, _ = q.shape
     return torch.empty_like(q), q.new_empty((batch, heads, seq_len), dtype=torch.float32)
 
@@ -43,21 +47,31 @@ def _(q, k, v, lut, count, proj_weight, proj_bias, block_q, block_k, scale):
 @torch.library.custom_op("turbo::sla2_forward", mutates_args=())
 def sla2_forward_op(
     q: Tensor, k: Tensor, v: Tensor, lut: Tensor, count: Tensor, alpha: Tensor, block_q: int, block_k: int,
-    scale: float,
+    scale: float, tail_k: Tensor | None = None, tail_v: Tensor | None = None, tail_mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """SLA2 forward (hard top-k LUT given, alpha [H, nq]): (out [B, S, H, D] q.dtype, lse [B, H, S] fp32)."""
     state = sla_linear_states(k, v, lut, count, block_k)
-    return sla_forward(q, k, v, lut, count, block_q, block_k, scale=scale, linear_state=state, alpha=alpha)
+    return sla_forward(q, k, v, lut, count, block_q, block_k, scale=scale, linear_state=state, alpha=alpha,
+                       tail_k=tail_k, tail_v=tail_v, tail_mask=tail_mask)
 
 
 @sla2_forward_op.register_fake
-def _(q, k, v, lut, count, alpha, block_q, block_k, scale):
+def _(q, k, v, lut, count, alpha, block_q, block_k, scale, tail_k=None, tail_v=None, tail_mask=None):
     batch, seq_len, heads, _ = q.shape
     return torch.empty_like(q), q.new_empty((batch, heads, seq_len), dtype=torch.float32)
 
 
+def _no_tail_backward(tail_k) -> None:
+    if tail_k is not None:
+        raise NotImplementedError(
+            "the SLA kernel backward with tail keys (HunyuanVideo text) is not implemented yet; train with "
+            "backend='reference' on HunyuanVideo"
+        )
+
+
 def _setup_sla(ctx, inputs, output):
-    q, k, v, lut, count, proj_weight, proj_bias, block_q, block_k, scale = inputs
+    q, k, v, lut, count, proj_weight, proj_bias, block_q, block_k, scale, tail_k = inputs[:11]
+    _no_tail_backward(tail_k)
     ctx.save_for_backward(q, k, v, lut, count, proj_weight, proj_bias, output[1])
     ctx.config = (block_q, block_k, scale)
 
@@ -68,11 +82,12 @@ def _backward_sla(ctx, grad_out, grad_lse):
     q, k, v, lut, count, proj_weight, proj_bias, lse = ctx.saved_tensors
     dq, dk, dv, dw, db, _ = sla_backward(grad_out.contiguous(), q, k, v, lse, lut, count, *ctx.config,
                                          proj_weight=proj_weight, proj_bias=proj_bias)
-    return dq, dk, dv, None, None, dw, db, None, None, None
+    return dq, dk, dv, None, None, dw, db, None, None, None, None, None, None
 
 
 def _setup_sla2(ctx, inputs, output):
-    q, k, v, lut, count, alpha, block_q, block_k, scale = inputs
+    q, k, v, lut, count, alpha, block_q, block_k, scale, tail_k = inputs[:10]
+    _no_tail_backward(tail_k)
     ctx.save_for_backward(q, k, v, lut, count, alpha, output[1])
     ctx.config = (block_q, block_k, scale)
 
@@ -83,7 +98,7 @@ def _backward_sla2(ctx, grad_out, grad_lse):
     q, k, v, lut, count, alpha, lse = ctx.saved_tensors
     dq, dk, dv, _, _, d_alpha = sla_backward(grad_out.contiguous(), q, k, v, lse, lut, count, *ctx.config,
                                              alpha=alpha)
-    return dq, dk, dv, None, None, d_alpha, None, None, None
+    return dq, dk, dv, None, None, d_alpha, None, None, None, None, None, None
 
 
 sla_forward_op.register_autograd(_backward_sla, setup_context=_setup_sla)

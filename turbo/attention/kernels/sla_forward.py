@@ -78,16 +78,34 @@ def marginal_weights(lut: torch.Tensor, count: torch.Tensor, num_key_blocks: int
 
 
 @triton.jit
+def _attend_block(q, K, V, offs_s, key_ok, offs_d, stride_ks, stride_vs, m_i, l_i, acc, qk_scale):
+    """One online-softmax step of a query tile over the keys at token offsets `offs_s` (K, V point at the
+    (batch, head) start); masked keys count as -inf. Returns the updated (m_i, l_i, acc)."""
+    k = tl.load(K + offs_s[:, None] * stride_ks + offs_d[None, :], mask=key_ok[:, None], other=0.0)
+    v = tl.load(V + offs_s[:, None] * stride_vs + offs_d[None, :], mask=key_ok[:, None], other=0.0)
+    s = tl.dot(q, tl.trans(k)) * qk_scale
+    s = tl.where(key_ok[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    p = tl.exp2(s - m_new[:, None])
+    rescale = tl.exp2(m_i - m_new)
+    l_i = l_i * rescale + tl.sum(p, 1)
+    acc = acc * rescale[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _sla_forward_kernel(
-    Q, K, V, LUT, COUNT, HM, PW, PB, ALPHA, OUT, LSE,
+    Q, K, V, LUT, COUNT, HM, PW, PB, ALPHA, TK, TV, TMASK, OUT, LSE,
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
+    stride_tkb, stride_tks, stride_tkh,
+    stride_tvb, stride_tvs, stride_tvh,
     stride_ob, stride_os, stride_oh,
     stride_lb, stride_lh, stride_lq,
-    seq_len, heads, num_key_blocks, lut_width, qk_scale,
+    seq_len, heads, num_key_blocks, lut_width, tail_len, qk_scale,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ROUTER_BLOCK_Q: tl.constexpr,
-    HAS_LINEAR: tl.constexpr, HAS_PROJ_BIAS: tl.constexpr, MIX_ALPHA: tl.constexpr,
+    HAS_LINEAR: tl.constexpr, HAS_PROJ_BIAS: tl.constexpr, MIX_ALPHA: tl.constexpr, HAS_TAIL: tl.constexpr,
 ):
     tile = tl.program_id(0)
     bh = tl.program_id(1)
@@ -108,22 +126,19 @@ def _sla_forward_kernel(
     row = bh * tl.cdiv(seq_len, ROUTER_BLOCK_Q) + qblock  # LUT [B, H, nq, lut_width], COUNT [B, H, nq], contiguous
     count = tl.load(COUNT + row)
     lut_row = LUT + row * lut_width
+    k_head = K + b * stride_kb + h * stride_kh
+    v_head = V + b * stride_vb + h * stride_vh
     for t in range(0, count):
-        j = tl.load(lut_row + t)
-        offs_s = j * BLOCK_N + offs_n
-        key_ok = offs_s < seq_len
-        k = tl.load(K + b * stride_kb + h * stride_kh + offs_s[:, None] * stride_ks + offs_d[None, :],
-                    mask=key_ok[:, None], other=0.0)
-        v = tl.load(V + b * stride_vb + h * stride_vh + offs_s[:, None] * stride_vs + offs_d[None, :],
-                    mask=key_ok[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(k)) * qk_scale
-        s = tl.where(key_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.exp2(s - m_new[:, None])
-        rescale = tl.exp2(m_i - m_new)
-        l_i = l_i * rescale + tl.sum(p, 1)
-        acc = acc * rescale[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        offs_s = tl.load(lut_row + t) * BLOCK_N + offs_n
+        m_i, l_i, acc = _attend_block(q, k_head, v_head, offs_s, offs_s < seq_len, offs_d, stride_ks, stride_vs,
+                                      m_i, l_i, acc, qk_scale)
+    if HAS_TAIL:  # always-attended extra keys (HunyuanVideo text), TMASK [B, tail_len] marks the real ones
+        for t0 in range(0, tail_len, BLOCK_N):
+            offs_t = t0 + offs_n
+            tail_ok = offs_t < tail_len
+            tail_ok = tail_ok & (tl.load(TMASK + b * tail_len + offs_t, mask=tail_ok, other=0) != 0)
+            m_i, l_i, acc = _attend_block(q, TK + b * stride_tkb + h * stride_tkh, TV + b * stride_tvb + h * stride_tvh,
+                                          offs_t, tail_ok, offs_d, stride_tks, stride_tvs, m_i, l_i, acc, qk_scale)
 
     out = acc / l_i[:, None]
     if HAS_LINEAR:
@@ -164,13 +179,15 @@ def sla_linear_states(k, v, lut, count, block_k: int) -> torch.Tensor:
 
 def sla_forward(q, k, v, lut, count, block_q: int, block_k: int, proj_weight=None, proj_bias=None, scale=None,
                 linear_state=None, block_m: int | None = None, num_warps: int | None = None,
-                num_stages: int | None = None, alpha=None):
+                num_stages: int | None = None, alpha=None, tail_k=None, tail_v=None, tail_mask=None):
     """SLA forward with the LUT from the router.
 
     q, k, v: [B, S, H, D]; lut: int32 [B, H, nq, width] key-block indices per router query block (first `count`
     entries used); count: int32 [B, H, nq]; proj_weight [D, D] / proj_bias [D] enable SLA's linear branch (None = pure
     block-sparse attention); alpha [H, nq] fp32 instead selects SLA2's mix α·Oˢ + (1 − α)·Oˡ (no proj);
-    linear_state = `sla_linear_states(...)` (computed if None).
+    linear_state = `sla_linear_states(...)` (computed if None). tail_k / tail_v [B, L, H, D] are keys every query
+    also attends (HunyuanVideo's text), tail_mask [B, L] bool marks the real ones (None = all); the linear branch
+    stays over the video keys.
     Returns (out [B, S, H, D] in q.dtype, lse [B, H, S] fp32 natural log)."""
     batch, seq_len, heads, dim = q.shape
     scale = dim ** -0.5 if scale is None else scale
@@ -189,20 +206,30 @@ def sla_forward(q, k, v, lut, count, block_q: int, block_k: int, proj_weight=Non
         alpha = alpha if mix_alpha else q  # unused pointer
     else:
         h_m = proj_weight = alpha = q  # unused pointers
+    has_tail = tail_k is not None
+    if has_tail:
+        tail_len = tail_k.shape[1]
+        if tail_mask is None:
+            tail_mask = torch.ones(batch, tail_len, dtype=torch.bool, device=q.device)
+        tail_mask = tail_mask.to(torch.uint8).contiguous()
+    else:
+        tail_len, tail_k, tail_v, tail_mask = 0, k, v, q  # unused pointers
     out = torch.empty_like(q)
     lse = torch.empty(batch, heads, seq_len, device=q.device, dtype=torch.float32)
     grid = (triton.cdiv(seq_len, block_m), batch * heads)
     _sla_forward_kernel[grid](
         q, k, v, lut, count, h_m, proj_weight,
-        proj_bias if proj_bias is not None else proj_weight, alpha, out, lse,
+        proj_bias if proj_bias is not None else proj_weight, alpha, tail_k, tail_v, tail_mask, out, lse,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
+        tail_k.stride(0), tail_k.stride(1), tail_k.stride(2),
+        tail_v.stride(0), tail_v.stride(1), tail_v.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         lse.stride(0), lse.stride(1), lse.stride(2),
-        seq_len, heads, triton.cdiv(seq_len, block_k), lut.shape[-1], scale * LOG2E,
+        seq_len, heads, triton.cdiv(seq_len, block_k), lut.shape[-1], tail_len, scale * LOG2E,
         D=dim, BLOCK_M=block_m, BLOCK_N=block_k, ROUTER_BLOCK_Q=block_q,
-        HAS_LINEAR=has_linear, HAS_PROJ_BIAS=proj_bias is not None, MIX_ALPHA=mix_alpha,
+        HAS_LINEAR=has_linear, HAS_PROJ_BIAS=proj_bias is not None, MIX_ALPHA=mix_alpha, HAS_TAIL=has_tail,
         num_warps=num_warps or 4, num_stages=num_stages or 3,
     )
     return out, lse
