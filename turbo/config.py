@@ -255,8 +255,8 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "max",
-            TurboConfig(attention=AttentionConfig(method="sla2", keep=0.03, quantized=True)),
-            "SLA2 learnable routing at 3% keep with low-bit sparse branch; needs SLA2-fine-tuned weights",
+            TurboConfig(attention=AttentionConfig(method="sla2", keep=0.03)),
+            "SLA2 learnable routing and α-mix at 3% keep; needs SLA2-fine-tuned weights",
             True,
         ),
     )
