@@ -52,11 +52,12 @@ def test_bad_configs_fail_at_accelerate_time_and_change_nothing(pipe, kwargs, er
     assert not any(hasattr(m, METHOD_ATTR) for m in pipe.transformer.modules())
 
 
-def test_default_config_is_training_free_and_matches_this_machine():
+def test_default_config_is_safe_for_stock_checkpoints():
     config = turbo.default_config()
-    assert config.attention.method in ("dense", "lowbit")
-    if not torch.cuda.is_available():
-        assert config.attention.method == "dense"
+    config.check_built()
+    # training-free only; dense until a training-free kernel measures faster than cuDNN (see default_config)
+    assert config.attention.method == "dense"
+    assert (config.quant.mode, config.cache.mode, config.sampler.mode) == ("off", "off", "default")
 
 
 def test_finetune_presets_warn_in_the_report(pipe):

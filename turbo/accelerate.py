@@ -31,12 +31,13 @@ class _Installed:
     sites: list = field(default_factory=list)  # (attention module, original processor)
 
 
-def default_config(capabilities: Capabilities | None = None) -> TurboConfig:
-    """The config `accelerate(pipe)` uses without arguments: safe on a stock checkpoint (training-free methods only),
-    and only a method this machine runs fast. Low-bit dense attention when its kernel exists here, else dense."""
-    capabilities = capabilities or detect()
-    if capabilities.has_kernel("lowbit"):
-        return PRESETS["quality"].config
+def default_config() -> TurboConfig:
+    """The config `accelerate(pipe)` uses without arguments: safe on a stock checkpoint (training-free methods only)
+    and only a method this machine runs faster than dense attention.
+
+    The training-free candidates are `lowbit` (near-lossless) and `svg` (lossy, so it stays opt-in as the
+    "balanced" preset). The low-bit kernel measured 0.99× cuDNN SDPA at Wan 480p on an H100 (docs/BENCHMARKS.md,
+    2026-11-25), i.e. not faster, so the default is dense on every machine until that kernel is."""
     return TurboConfig()
 
 
@@ -59,7 +60,7 @@ def accelerate(pipe, config: TurboConfig | str | dict | None = None, **overrides
     ):
         raise TurboError("this pipeline is already accelerated by turbo; call turbo.restore(pipe) first.")
     capabilities = detect()
-    config, preset = resolve_config(config, default_config(capabilities), **overrides)
+    config, preset = resolve_config(config, default_config(), **overrides)
     config.check_built()
     method = config.attention.method
     path = _attention_path(config, capabilities)

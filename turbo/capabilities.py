@@ -15,6 +15,7 @@ from .config import ATTENTION_METHODS, NOT_BUILT
 ATTENTION_KERNELS: dict[str, tuple[int, int]] = {
     "sla": (8, 0),  # turbo/attention/kernels/sla_forward.py: forward (inference); training uses the reference
     "svg": (8, 0),  # band attention on the same block-sparse kernel (inference; HunyuanVideo text tail: reference)
+    "lowbit": (8, 9),  # kernels/lowbit_forward.py: FP8 P·V needs sm_89+ (forward only)
     "sla2": (8, 0),  # same kernel, α-mix mode: hard top-k forward (inference); QAT / SoftTop-k use the reference
 }
 

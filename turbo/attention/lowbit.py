@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from ..config import AttentionConfig
 from ..runtime import AttentionCall
 from . import reference
@@ -18,9 +20,18 @@ class LowBitAttention(AttentionMethod):
         super().__init__()
         self.block_q = config.block_q
         self.block_k = config.block_k
+        self.backend = config.backend
+
+    def use_kernel(self, q) -> bool:
+        """The Triton kernel on CUDA (forward only; with gradients the reference runs)."""
+        return self.backend != "reference" and q.is_cuda and not torch.is_grad_enabled()
 
     def forward(self, q, k, v, call: AttentionCall):
         mask = call.attn_mask
         if mask is not None:
             mask = mask.reshape(mask.shape[0], -1)
+        if self.use_kernel(q):
+            from .kernels.lowbit_forward import lowbit_attention
+
+            return lowbit_attention(q, k, v, block_q=self.block_q, block_k=self.block_k, attn_mask=mask)
         return reference.lowbit_attention(q, k, v, block_q=self.block_q, block_k=self.block_k, attn_mask=mask)
