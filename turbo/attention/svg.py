@@ -77,19 +77,65 @@ class SVGAttention(AttentionMethod):
 
         batch, length, heads, _ = q.shape
         width = reference.svg_band_width(self.density, length)
-        labels = reference.svg_profile_heads(q, k, v, frames, tokens_per_frame, width, tokens_per_frame,
-                                             self.profile_rows, generator, tail_k=tail_k, tail_v=tail_v,
-                                             tail_mask=tail_mask)
-        temporal = (labels == 1)[:, None, :, None]
+        labels = profile_heads(q, k, v, frames, tokens_per_frame, width, tokens_per_frame, self.profile_rows,
+                               generator, tail_k, tail_v, tail_mask)
         to_token_major = reference.frame_to_token_major(frames, tokens_per_frame, q.device)
-        to_frame_major = torch.argsort(to_token_major)
-        qp, kp, vp = (torch.where(temporal, x[:, to_token_major], x) for x in (q, k, v))
+        order = per_head_order(labels, to_token_major)
         lut, count, density = self._band_lut(length, width, tokens_per_frame, q.device)
         lut = lut.expand(batch, heads, -1, -1).contiguous()
         count = count.expand(batch, heads, -1).contiguous()
-        out, _ = sla_forward(qp, kp, vp, lut, count, self.block_q, self.block_k, tail_k=tail_k, tail_v=tail_v,
-                             tail_mask=tail_mask)
-        return torch.where(temporal, out[:, to_frame_major], out), labels, density
+        out, _ = sla_forward(gather_tokens(q, order), gather_tokens(k, order), gather_tokens(v, order), lut, count,
+                             self.block_q, self.block_k, tail_k=tail_k, tail_v=tail_v, tail_mask=tail_mask)
+        return gather_tokens(out, per_head_order(labels, torch.argsort(to_token_major))), labels, density
 
     def extra_repr(self) -> str:
         return f"density={self.density}, profile_rows={self.profile_rows}"
+
+
+def per_head_order(labels: torch.Tensor, permutation: torch.Tensor) -> torch.Tensor:
+    """long [B, S, H]: token order per (batch, head) — `permutation` for temporal heads (label 1), identity else."""
+    identity = torch.arange(permutation.numel(), device=permutation.device)
+    return torch.where((labels == 1)[:, None, :], permutation[None, :, None], identity[None, :, None])
+
+
+def gather_tokens(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """x [B, S, H, D] reordered per (batch, head) by order [B, S, H], in one gather pass."""
+    batch, _, heads, _ = x.shape
+    rows = torch.arange(batch, device=x.device)[:, None, None]
+    return x[rows, order, torch.arange(heads, device=x.device)[None, None, :]]
+
+
+def profile_heads(q, k, v, frames: int, tokens_per_frame: int, width: int, sink_tokens: int, rows: int,
+                  generator, tail_k=None, tail_v=None, tail_mask=None) -> torch.Tensor:
+    """`reference.svg_profile_heads` (same rows, masks and rule) computed for speed: one score matrix of the
+    sampled rows on the tensor cores in the input dtype, reused for the exact, spatial and temporal outputs.
+    Returns long [B, H]: 0 spatial, 1 temporal."""
+    batch, length, heads, dim = q.shape
+    device = q.device
+    sample = torch.randperm(length, generator=generator, device=generator.device)[:rows].to(device)
+    keys, values = k, v
+    if tail_k is not None:
+        keys, values = torch.cat([k, tail_k], 1), torch.cat([v, tail_v], 1)
+    scores = torch.matmul(q[:, sample].transpose(1, 2), keys.permute(0, 2, 3, 1)).float() * dim ** -0.5
+    position = torch.arange(length, device=device)
+    token_major = torch.argsort(reference.frame_to_token_major(frames, tokens_per_frame, device))
+    spatial = ((sample[:, None] - position[None, :]).abs() <= width) | (position < sink_tokens)[None, :]
+    temporal = ((token_major[sample][:, None] - token_major[None, :]).abs() <= width) | (
+        token_major < sink_tokens)[None, :]
+    tail = None
+    if tail_k is not None:
+        tail = (torch.ones(batch, tail_k.shape[1], dtype=torch.bool, device=device) if tail_mask is None
+                else tail_mask.bool())[:, None, None, :]
+    values = values.transpose(1, 2)
+
+    def output(video_mask):
+        allowed = torch.ones(1, 1, rows, length, dtype=torch.bool, device=device) if video_mask is None else \
+            video_mask[None, None]
+        if tail is not None:
+            allowed = torch.cat([allowed.expand(batch, 1, -1, -1), tail.expand(-1, 1, rows, -1)], -1)
+        probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+        return torch.matmul(probs.to(values.dtype), values).float()
+
+    exact = output(None)
+    errors = torch.stack([((output(mask) - exact) ** 2).mean(dim=(2, 3)) for mask in (spatial, temporal)])
+    return errors.argmin(0)
