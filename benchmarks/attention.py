@@ -180,6 +180,8 @@ def section_lowbit(shape, q, k, v, cudnn):
     out = lowbit_attention(q, k, v)
     add(shape, f"turbo low-bit (random q/k/v: cos {cosine(out, exact):.5f})", "-",
         bench(lambda: lowbit_attention(q, k, v)), cudnn, rel_l1(out, exact))
+    add(shape, "turbo low-bit, key tile 128", "-", bench(lambda: lowbit_attention(q, k, v, block_k=128)), cudnn,
+        rel_l1(lowbit_attention(q, k, v, block_k=128), exact))
     rq, rk, rv = realish(*q.shape)
     exact_r = sdpa(SDPBackend.CUDNN_ATTENTION, rq, rk, rv)
     out_r = lowbit_attention(rq, rk, rv)
