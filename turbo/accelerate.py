@@ -86,12 +86,11 @@ def accelerate(pipe, config: TurboConfig | str | dict | None = None, **overrides
         installed.append(record)
         reports.append(TransformerReport(
             component=component, class_name=type(model).__name__, family=adapter.family,
-            blocks=len(record.sites), self_attention_layers=len(record.sites), method=method, path=path,
+            self_attention_layers=len(record.sites), method=method, path=path,
             learnable_parameters=learnable,
         ))
     machine = capabilities.gpu or "CPU"
-    report = TurboReport(config, preset, machine, reports, runtime, warnings)
-    report._installed = installed
+    report = TurboReport(config, preset, machine, reports, runtime, warnings, installed)
     setattr(pipe, REPORT_ATTR, report)
     for message in warnings:
         logger.warning(message)
@@ -105,7 +104,7 @@ def restore(pipe):
     report = getattr(pipe, REPORT_ATTR, None)
     if not isinstance(report, TurboReport):
         raise TurboError("this object was not accelerated by turbo (no .turbo report); nothing to restore.")
-    for record in report._installed:
+    for record in report.installed:
         for module, original in record.sites:
             module.set_processor(original)
             delattr(module, METHOD_ATTR)

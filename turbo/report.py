@@ -13,8 +13,7 @@ class TransformerReport:
     component: str  # "transformer" or "transformer_2"
     class_name: str
     family: str
-    blocks: int
-    self_attention_layers: int
+    self_attention_layers: int  # one per transformer block
     method: str
     path: str  # "stock", "kernel" or "reference"
     learnable_parameters: int
@@ -28,6 +27,8 @@ class TurboReport:
     transformers: list[TransformerReport]
     runtime: TurboRuntime
     warnings: list[str] = field(default_factory=list)
+    # what `turbo.restore` needs to undo each transformer (accelerate's private records)
+    installed: list = field(default_factory=list, repr=False)
 
     @property
     def processors_installed(self) -> int:
@@ -54,8 +55,8 @@ class TurboReport:
         )
         for t in self.transformers:
             lines.append(
-                f"  {t.component:<13} {t.class_name}: {t.self_attention_layers} self-attention layers of {t.blocks} "
-                f"blocks → {t.method} [{t.path}]" + (f", +{t.learnable_parameters:,} learnable params"
+                f"  {t.component:<13} {t.class_name}: {t.self_attention_layers} self-attention layers "
+                f"→ {t.method} [{t.path}]" + (f", +{t.learnable_parameters:,} learnable params"
                                                      if t.learnable_parameters else "")
             )
         lines.append(
