@@ -34,6 +34,14 @@ def _unblocks(x: Tensor, seq_len: int) -> Tensor:
     return x.permute(0, 2, 3, 1, 4).reshape(batch, nb * block, heads, dim)[:, :seq_len]
 
 
+def _matmul(a: Tensor, b: Tensor, dtype: torch.dtype) -> Tensor:
+    """a @ b with operands in `dtype` (the inputs' half precision on the GPU: tensor cores, fp32 accumulation) and an
+    fp32 result; fp32 inputs stay fp32 (the CPU / oracle path)."""
+    if dtype in (torch.float16, torch.bfloat16):
+        return torch.matmul(a.to(dtype), b.to(dtype)).float()
+    return torch.matmul(a, b)
+
+
 def _softmax_backward(phi: Tensor, dphi: Tensor) -> Tensor:
     return phi * (dphi - (dphi * phi).sum(-1, keepdim=True))
 
@@ -50,7 +58,7 @@ def linear_branch(q, k, v, lut, count, block_q: int, block_k: int):
     h_i = summed[..., : dim * dim].unflatten(-1, (dim, dim))
     z_i = summed[..., dim * dim:]
     phiq = torch.softmax(_blocks(q, block_q), dim=-1)
-    num = torch.matmul(phiq, h_i)
+    num = _matmul(phiq, h_i, q.dtype)
     den = (phiq * z_i[..., None, :]).sum(-1)
     has_marginal = (den > 0) & (count < states.shape[2])[..., None]
     safe = torch.where(has_marginal, den, torch.ones_like(den))
@@ -61,21 +69,21 @@ def linear_branch(q, k, v, lut, count, block_q: int, block_k: int):
 def linear_branch_backward(d_ol, q, k, v, block_q, block_k, phiq, h_i, z_i, ol, has_marginal, weights, den):
     """Gradients of Oˡ w.r.t. q, k, v. d_ol [B, H, nq, block_q, D] fp32 (zero on rows without marginal blocks).
     Returns (dq, dk, dv) [B, S, H, D] fp32."""
-    dim = q.shape[-1]
+    dim, dtype = q.shape[-1], q.dtype
     d_num = torch.where(has_marginal[..., None], d_ol / den[..., None], 0.0)
     d_den = torch.where(has_marginal, -(d_ol * ol).sum(-1) / den, 0.0)
-    d_phiq = torch.matmul(d_num, h_i.transpose(-1, -2)) + d_den[..., None] * z_i[..., None, :]
-    d_h = torch.matmul(phiq.transpose(-1, -2), d_num)  # [B, H, nq, D, D]
+    d_phiq = _matmul(d_num, h_i.transpose(-1, -2), dtype) + d_den[..., None] * z_i[..., None, :]
+    d_h = _matmul(phiq.transpose(-1, -2), d_num, dtype)  # [B, H, nq, D, D]
     d_z = (phiq * d_den[..., None]).sum(-2)  # [B, H, nq, D]
-    d_states = torch.matmul(weights.transpose(-1, -2).float(), torch.cat([d_h.flatten(-2), d_z], dim=-1))
+    d_states = _matmul(weights.transpose(-1, -2).float(), torch.cat([d_h.flatten(-2), d_z], dim=-1), dtype)
     d_hj = d_states[..., : dim * dim].unflatten(-1, (dim, dim))  # [B, H, nk, D, D]
     d_zj = d_states[..., dim * dim:]
     kb, vb = _blocks(k, block_k), _blocks(v, block_k)
     phik = torch.softmax(kb, dim=-1)
     valid = (torch.arange(kb.shape[2] * block_k, device=k.device) < k.shape[1]).view(1, 1, kb.shape[2], block_k, 1)
     phik = phik * valid
-    d_phik = (torch.matmul(vb, d_hj.transpose(-1, -2)) + d_zj[..., None, :]) * valid
-    dv = torch.matmul(phik, d_hj)
+    d_phik = (_matmul(vb, d_hj.transpose(-1, -2), dtype) + d_zj[..., None, :]) * valid
+    dv = _matmul(phik, d_hj, dtype)
     dk = _softmax_backward(phik, d_phik)
     dq = _softmax_backward(phiq, d_phiq)
     return _unblocks(dq, q.shape[1]), _unblocks(dk, k.shape[1]), _unblocks(dv, v.shape[1])
