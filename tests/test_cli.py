@@ -41,3 +41,15 @@ def test_generate_bad_input_is_one_sentence(tmp_path, argv, words):
     with pytest.raises(SystemExit) as exit_info:
         main(["generate", "--steps", "1", "--out", str(tmp_path / "x.mp4"), *argv])
     assert words in str(exit_info.value)
+
+
+def test_generate_from_a_saved_pipeline_directory(tmp_path, capsys):
+    from pipelines.tiny import build_wan_t2v
+
+    build_wan_t2v().save_pretrained(tmp_path / "model")
+    path = tmp_path / "x.mp4"
+    code = main(["generate", "--model", str(tmp_path / "model"), "--height", "64", "--width", "64", "--frames", "9",
+                 "--steps", "2", "--attention", "svg", "--density", "0.5", "--dtype", "float32", "--out", str(path)])
+    assert code == 0
+    assert "attention  svg" in capsys.readouterr().out
+    assert iio.imread(path).shape[0] == 9
