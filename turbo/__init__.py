@@ -46,8 +46,7 @@ def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 
-        module = importlib.import_module(".accelerate", __name__)
-        # importing the submodule bound `turbo.accelerate` to it; rebind the public functions over it
+        module = importlib.import_module(".acceleration", __name__)
         globals().update({lazy: getattr(module, lazy) for lazy in _LAZY})
         return globals()[name]
     raise AttributeError(f"module 'turbo' has no attribute {name!r}")

@@ -69,6 +69,7 @@ class TurboRuntime:
         self.branch = DEFAULT_BRANCH
         self.geometry: TokenGeometry | None = None
         self.stats = RuntimeStats()
+        self.capture = None  # a turbo.eval.capture.QKVCapture while one is active
 
     def reset(self) -> None:
         """Forget step counters (a new generation request starts)."""

@@ -76,6 +76,9 @@ class TurboProcessorMixin:
         """q, k, v: [B, S, H, D] (video tokens first, then text). Returns [B, S, H, D]."""
         runtime = self.runtime
         dense = functools.partial(self._dense, attn_mask=attention_mask)
+        if runtime.capture is not None:
+            runtime.capture.record(self.layer_index, runtime.step_index, runtime.branch, q, k, v,
+                                   q.shape[1] if num_video is None else num_video, attention_mask, runtime.geometry)
         if runtime.use_dense(self.layer_index):
             runtime.stats.calls["dense warm-up"] += 1
             return dense(q, k, v)

@@ -1,0 +1,44 @@
+import torch
+
+import turbo
+from turbo.config import AttentionConfig
+from turbo.eval.capture import attention_fidelity, capture_qkv
+
+from .pipes import build, run
+
+
+def test_capture_selected_layers_steps_branches_and_restore():
+    pipe = build("wan-t2v")
+    baseline = run(pipe, "wan-t2v")
+    with capture_qkv(pipe, layers=[1], steps=[0, 1], branches=["cond"]) as captured:
+        out = run(pipe, "wan-t2v")
+    assert not hasattr(pipe, "turbo")  # temporary dense acceleration was undone
+    assert (out == baseline).all()  # capturing does not change the video
+    assert [(c.layer, c.step, c.branch) for c in captured] == [(1, 0, "cond"), (1, 1, "cond")]
+    item = captured.items[0]
+    assert item.q.shape == item.k.shape == item.v.shape and item.q.shape[1] == item.geometry.num_tokens
+
+
+def test_capture_on_an_accelerated_hunyuan_pipeline_keeps_text_and_mask():
+    pipe = build("hunyuan-t2v")
+    turbo.accelerate(pipe, attention="sla", block_q=16, block_k=16)
+    try:
+        with capture_qkv(pipe, layers=[0]) as captured:
+            run(pipe, "hunyuan-t2v")
+        assert hasattr(pipe, "turbo")
+    finally:
+        turbo.restore(pipe)
+    item = captured.items[0]
+    assert item.num_video < item.q.shape[1] and item.attn_mask is not None
+
+
+def test_attention_fidelity_dense_is_exact_and_sparse_is_not():
+    pipe = build("hunyuan-t2v")
+    with capture_qkv(pipe, steps=[0]) as captured:
+        run(pipe, "hunyuan-t2v")
+    dense = attention_fidelity(captured, AttentionConfig(method="dense"))
+    assert all(r["rel_l1"] < 1e-6 and r["cosine"] > 0.99999 for r in dense)
+    full = attention_fidelity(captured, AttentionConfig(method="sla", keep=1.0, block_q=16, block_k=16))
+    assert all(r["rel_l1"] < 1e-4 for r in full)
+    sparse = attention_fidelity(captured, AttentionConfig(method="sla", keep=0.2, block_q=16, block_k=16))
+    assert any(r["rel_l1"] > 1e-3 for r in sparse) and all(torch.isfinite(torch.tensor(r["rel_l1"])) for r in sparse)
