@@ -12,7 +12,7 @@ from turbo.adapters.wan import TurboWanAttnProcessor
 from .pipes import BUILDERS, assert_same_snapshot, build, run, snapshot, transformers_of
 
 KINDS = list(BUILDERS)
-METHODS = ["dense", "sla", "sla2", "lowbit", "svg"]
+METHODS = ["dense", "sla", "sla2", "lowbit", "svg", "svg2"]
 SMALL_BLOCKS = {"block_q": 16, "block_k": 16}
 
 
@@ -41,7 +41,8 @@ def test_dense_is_bit_identical_and_restore_is_exact(pipes, baselines, kind):
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(
     "method, options",
-    [("sla", {"keep": 1.0}), ("sla2", {"keep": 1.0, "alpha_init": 1.0}), ("svg", {"density": 1.0})],
+    [("sla", {"keep": 1.0}), ("sla2", {"keep": 1.0, "alpha_init": 1.0}), ("svg", {"density": 1.0}),
+     ("svg2", {"top_p": 1.0, "q_clusters": 4, "k_clusters": 8})],
 )
 def test_full_keep_equals_dense(pipes, baselines, kind, method, options):
     pipe = pipes[kind]
@@ -62,7 +63,8 @@ def test_full_keep_equals_dense(pipes, baselines, kind, method, options):
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_runs_end_to_end_and_writes_mp4(pipes, baselines, kind, method, tmp_path):
     pipe = pipes[kind]
-    turbo.accelerate(pipe, attention=method, keep=0.25, density=0.3, **SMALL_BLOCKS)
+    turbo.accelerate(pipe, attention=method, keep=0.25, density=0.3, top_p=0.5, q_clusters=4, k_clusters=8,
+                     **SMALL_BLOCKS)
     try:
         frames = run(pipe, kind)
         calls = pipe.turbo.runtime.stats.calls

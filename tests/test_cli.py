@@ -7,7 +7,7 @@ from pipelines.cli import main
 def test_info_lists_methods_and_presets(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    for word in ("torch", "attention methods:", "sla", "svg2", "not implemented yet", "presets:", "balanced"):
+    for word in ("torch", "attention methods:", "sla", "svg2", "presets:", "balanced"):
         assert word in out
 
 
@@ -27,7 +27,7 @@ def test_generate_with_compare_writes_mp4_and_prints_report(tmp_path, capsys):
     [
         (["--height", "70"], "height=70 must be a positive multiple of 16"),
         (["--frames", "10"], "num_frames=10 must be 4k+1"),
-        (["--attention", "svg2"], "SVG2"),
+        (["--attention", "svg2", "--top-p", "0"], "top_p=0.0"),
         (["--attention", "sla", "--keep", "2"], "keep=2.0"),
         (["--model", "/nonexistent/dir"], "is not a directory"),
         (["--device", "cuda"], "no CUDA GPU"),

@@ -23,7 +23,6 @@ SAMPLER_MODES = ("default", "rcm")
 
 # Methods in the schema that are not built yet, with the capability that will deliver them.
 NOT_BUILT = {
-    ("attention.method", "svg2"): "SVG2 semantic-aware permutation (k-means routing) is not implemented yet",
     ("quant.mode", "fp8"): "W8A8 FP8 linear quantisation is not implemented yet",
     ("quant.mode", "int8"): "W8A8 INT8 linear quantisation is not implemented yet",
     ("quant.mode", "nvfp4-mixed"): "NVFP4/INT8 mixed-precision quantisation is not implemented yet",
@@ -63,6 +62,12 @@ class AttentionConfig:
     quantized: bool = _opt(False, "low-bit (INT8 QK, FP8 PV) sparse branch with QAT", methods=("sla2",))
     density: float = _opt(0.25, "fraction of the attention map computed", methods=("svg",), range=(0.0, 1.0))
     profile_rows: int = _opt(64, "query rows sampled to classify heads", methods=("svg",), range=(1, 100000))
+    q_clusters: int = _opt(256, "k-means clusters of the queries, per head", methods=("svg2",), range=(1, 100000))
+    k_clusters: int = _opt(1024, "k-means clusters of the keys, per head", methods=("svg2",), range=(1, 100000))
+    top_p: float = _opt(0.9, "attention mass of the key clusters kept per query cluster", methods=("svg2",),
+                        range=(0.0, 1.0))
+    kmeans_iters: int = _opt(2, "Lloyd iterations per step (warm-started per CFG branch)", methods=("svg2",),
+                             range=(1, 1000))
     dense_steps: int = _opt(0, "first N denoising steps run dense attention", range=(0, 100000))
     dense_layers: int = _opt(0, "first N transformer blocks run dense attention", range=(0, 100000))
 
@@ -70,7 +75,7 @@ class AttentionConfig:
         _check_choice("attention.method", self.method, ATTENTION_METHODS)
         _check_choice("attention.backend", self.backend, ATTENTION_BACKENDS)
         _check_ranges(self, "attention")
-        for name in ("keep", "density"):
+        for name in ("keep", "density", "top_p"):
             value = getattr(self, name)
             if not (0.0 < value <= 1.0):
                 raise TurboConfigError(f"attention.{name}={value} must be in (0, 1]; e.g. {name}=0.1 computes 10%.")

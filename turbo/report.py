@@ -43,6 +43,7 @@ class TurboReport:
             "sla2": f"keep {a.keep:.0%}, blocks {a.block_q}×{a.block_k}, soft top-k {a.soft_topk}, "
                     f"low-bit {a.quantized}",
             "svg": f"density {a.density:.0%}, {a.profile_rows} profiling rows",
+            "svg2": f"k-means {a.q_clusters} Q / {a.k_clusters} K clusters, top-p {a.top_p}, {a.kmeans_iters} iters",
             "lowbit": "INT8 QK, FP8 PV",
         }.get(a.method, "")
         warm = []

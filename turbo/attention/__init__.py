@@ -1,4 +1,4 @@
-"""Self-attention methods: dense | sla | sla2 | lowbit | svg (svg2 not built yet).
+"""Self-attention methods: dense | sla | sla2 | lowbit | svg | svg2.
 
 `build_method(config, heads, head_dim)` returns the `AttentionMethod` module for one attention layer. The pure
 PyTorch math lives in `reference.py` (the spec, the CPU path and the kernels' test oracle)."""
@@ -11,6 +11,7 @@ from .lowbit import LowBitAttention
 from .sla import SLAAttention
 from .sla2 import SLA2Attention
 from .svg import SVGAttention
+from .svg2 import SVG2Attention
 
 __all__ = [
     "AttentionMethod",
@@ -19,6 +20,7 @@ __all__ = [
     "SLAAttention",
     "SLA2Attention",
     "SVGAttention",
+    "SVG2Attention",
     "build_method",
 ]
 
@@ -35,4 +37,6 @@ def build_method(config: AttentionConfig, heads: int, head_dim: int) -> Attentio
         return LowBitAttention(config)
     if config.method == "svg":
         return SVGAttention(config)
+    if config.method == "svg2":
+        return SVG2Attention(config)
     raise ValueError(f"no attention method '{config.method}'")

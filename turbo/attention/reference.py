@@ -774,3 +774,113 @@ def band_density(band: Tensor, length: int, block_q: int, block_k: int) -> float
     """Fraction of the S×S map a block mask computes, each block weighted by its real (possibly ragged) size."""
     area = _block_sizes(length, block_q, band.device)[:, None] * _block_sizes(length, block_k, band.device)[None, :]
     return float((band * area).sum()) / float(length * length)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sparse VideoGen 2 (semantic-aware permutation): k-means routing
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def kmeans(
+    x: Tensor, clusters: int, iters: int, init: Tensor | None = None, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """Batched Lloyd k-means per (batch, head). x [B, H, N, D] -> (centroids [B, H, C, D] fp32, labels [B, H, N] long).
+
+    C = min(clusters, N). `init` [B, H, C, D] warm-starts (SVG2 reuses the previous step's centroids), else C
+    distinct tokens drawn with torch.randperm(generator) seed them. An empty cluster keeps its centroid. Labels are
+    the assignment to the returned centroids."""
+    batch, heads, count, dim = x.shape
+    x = x.to(_compute_dtype(x.dtype))
+    clusters = min(clusters, count)
+    if init is None:
+        device = generator.device if generator is not None else torch.device("cpu")
+        pick = torch.randperm(count, generator=generator, device=device)[:clusters].to(x.device)
+        centroids = x[:, :, pick]
+    else:
+        centroids = init.to(x.dtype)
+
+    def assign(c: Tensor) -> Tensor:
+        # argmin ||x - c||² = argmax (x·c - ||c||²/2)
+        return (x @ c.transpose(-1, -2) - 0.5 * (c * c).sum(-1)[:, :, None, :]).argmax(-1)
+
+    for _ in range(iters):
+        labels = assign(centroids)
+        sums = torch.zeros_like(centroids).scatter_add_(2, labels[..., None].expand(-1, -1, -1, dim), x)
+        counts = torch.zeros(batch, heads, centroids.shape[2], device=x.device, dtype=x.dtype).scatter_add_(
+            2, labels, torch.ones_like(labels, dtype=x.dtype)
+        )
+        centroids = torch.where(counts[..., None] > 0, sums / counts.clamp(min=1)[..., None], centroids)
+    return centroids, assign(centroids)
+
+
+def svg2_cluster_mask(
+    q_centroids: Tensor, k_centroids: Tensor, k_sizes: Tensor, top_p: float, min_fraction: float = 0.1,
+    scale: float | None = None,
+) -> Tensor:
+    """Which key clusters each query cluster attends: bool [B, H, Cq, Ck].
+
+    Centroid scores s = q_c · k_cᵀ · scale; cluster weights p_j ∝ size_j · exp(s_j) (an empty key cluster has weight
+    0); per query cluster keep key clusters in descending p until the cumulative mass reaches top_p (the crossing one
+    included), and at least ceil(min_fraction · non-empty clusters), never an empty one."""
+    scale = _default_scale(scale, q_centroids.shape[-1])
+    sizes = k_sizes.to(q_centroids.dtype)[:, :, None, :]
+    logits = (q_centroids @ k_centroids.transpose(-1, -2)) * scale
+    logits = torch.where(sizes > 0, logits + torch.log(sizes.clamp(min=1)), float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    order = probs.argsort(dim=-1, descending=True)
+    sorted_probs = probs.gather(-1, order)
+    mass_before = sorted_probs.cumsum(-1) - sorted_probs
+    nonempty = (sizes > 0).sum(-1, keepdim=True)
+    floor = torch.ceil(min_fraction * nonempty.to(probs.dtype))
+    rank = torch.arange(probs.shape[-1], device=probs.device)
+    keep_sorted = ((mass_before < top_p) | (rank < floor)) & (sorted_probs > 0)
+    return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+
+
+def svg2_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    q_clusters: int = 256,
+    k_clusters: int = 1024,
+    top_p: float = 0.9,
+    iters: int = 2,
+    state: tuple[Tensor, Tensor] | None = None,
+    generator: torch.Generator | None = None,
+    min_fraction: float = 0.1,
+    scale: float | None = None,
+    tail_k: Tensor | None = None,
+    tail_v: Tensor | None = None,
+    tail_mask: Tensor | None = None,
+) -> tuple[Tensor, tuple[Tensor, Tensor], float]:
+    """SVG2: k-means on (post-RoPE) Q and K per head, centroid-level top-p routing, exact attention of every query
+    over the keys of the clusters its cluster selected (+ tail keys). q, k, v [B, S, H, D] video tokens.
+
+    state = (q_centroids, k_centroids) from the previous step warm-starts `iters` Lloyd iterations; without it the
+    centroids are seeded from random tokens (generator) and refined with `iters` iterations too. Returns (out q.dtype
+    [B, S, H, D], new state, density = fraction of the S×S video map computed). The GPU version sorts tokens by
+    cluster and runs block-sparse attention with variable block sizes; the set of (query, key) pairs is the same."""
+    dtype = _compute_dtype(q.dtype)
+    qh, kh, vh = _heads_first(q, dtype), _heads_first(k, dtype), _heads_first(v, dtype)
+    q_init, k_init = (None, None) if state is None else state
+    q_centroids, q_labels = kmeans(qh, q_clusters, iters, q_init, generator)
+    k_centroids, k_labels = kmeans(kh, k_clusters, iters, k_init, generator)
+    k_sizes = torch.zeros(k_centroids.shape[:3], device=k.device, dtype=dtype).scatter_add_(
+        2, k_labels, torch.ones_like(k_labels, dtype=dtype))
+    q_sizes = torch.zeros(q_centroids.shape[:3], device=q.device, dtype=dtype).scatter_add_(
+        2, q_labels, torch.ones_like(q_labels, dtype=dtype))
+    clusters = svg2_cluster_mask(q_centroids, k_centroids, k_sizes, top_p, min_fraction, scale)
+    keys, values, tail_valid = _with_tail(kh, vh, tail_k, tail_v, tail_mask)
+    batch = q.shape[0]
+
+    def key_weights(r0: int, r1: int) -> Tensor:
+        rows = clusters.gather(2, q_labels[:, :, r0:r1, None].expand(-1, -1, -1, clusters.shape[-1]))
+        allowed = rows.gather(3, k_labels[:, :, None, :].expand(-1, -1, r1 - r0, -1))
+        if tail_valid is None:
+            return allowed
+        return torch.cat([allowed, tail_valid[:, None, None, :].expand(batch, allowed.shape[1], r1 - r0, -1)], -1)
+
+    out, _ = _attention(qh, keys, values, _default_scale(scale, q.shape[-1]), key_weights)
+    pairs = (clusters * q_sizes[..., :, None] * k_sizes[..., None, :]).sum()
+    density = float(pairs) / float(q.shape[0] * q.shape[2] * q.shape[1] * k.shape[1])
+    return _tokens_first(out, q.dtype), (q_centroids, k_centroids), density
