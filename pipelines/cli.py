@@ -1,5 +1,6 @@
-"""The `turbo` command: `turbo generate` (a video with acceleration, optionally timed against the unaccelerated run)
-and `turbo info` (what this machine can run fast)."""
+"""The `turbo` command: `turbo generate` (a video with acceleration, optionally timed against the unaccelerated run),
+`turbo eval` (a candidate config against a reference config on ToyWorld prompts) and `turbo info` (what this machine
+can run fast)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ from dataclasses import fields
 DEFAULT_MODEL = "default"
 
 
-def _attention_flags(parser: argparse.ArgumentParser) -> None:
+def _attention_flags(parser: argparse.ArgumentParser, title: str = "attention (override the preset)",
+                     method: bool = True) -> None:
     from turbo.config import AttentionConfig
 
-    group = parser.add_argument_group("attention (override the preset)")
+    group = parser.add_argument_group(title)
     for f in fields(AttentionConfig):
+        if f.name == "method" and not method:
+            continue
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata["help"]
         if f.metadata["methods"]:
@@ -59,6 +63,28 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--fps", type=int, default=16)
     gen.add_argument("--out", default="turbo.mp4")
     _attention_flags(gen)
+
+    ev = sub.add_parser("eval", help="compare a candidate config against a reference on ToyWorld prompts")
+    ev.add_argument("--model", default=DEFAULT_MODEL,
+                    help="a diffusers text-to-video pipeline directory, or 'default' for the embedded offline model")
+    ev.add_argument("--prompts", type=int, default=8, help="number of ToyWorld prompts")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the prompt set (captions and video seeds)")
+    ev.add_argument("--reference", default="dense", help="preset or attention method name (default: dense)")
+    ev.add_argument("--candidate", default="fast",
+                    help="preset or attention method name, e.g. sla (default: fast); the attention flags apply to it")
+    ev.add_argument("--height", type=int, default=None)
+    ev.add_argument("--width", type=int, default=None)
+    ev.add_argument("--frames", type=int, default=None, help="number of frames, 4k+1")
+    ev.add_argument("--steps", type=int, default=None)
+    ev.add_argument("--guidance", type=float, default=None)
+    ev.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    ev.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                    help="default: bfloat16 on CUDA, float32 on CPU")
+    ev.add_argument("--per-prompt", action="store_true", help="also print one table line per prompt")
+    ev.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    ev.add_argument("--json", default=None, help="also write the table (rows and summary) to this JSON file")
+    ev.set_defaults(prompt=None, negative_prompt=None, image=None)
+    _attention_flags(ev, "candidate attention options (override the candidate preset or method)", method=False)
 
     sub.add_parser("info", help="torch / CUDA / Triton and which methods run fast here")
     return parser
@@ -123,23 +149,34 @@ def _psnr(a, b) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
 
 
-def cmd_generate(args) -> int:
+def _device_dtype(args):
     import torch
-    from diffusers.utils import export_to_video
-
-    import turbo
-    from turbo.config import FIELD_OWNER
-    from turbo.geometry import check_video_size
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("turbo: --device cuda was requested but this machine has no CUDA GPU; use --device cpu.")
     on_gpu = device.startswith("cuda")
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if on_gpu else torch.float32)
-    overrides = {
+    return device, dtype
+
+
+def _attention_overrides(args) -> dict:
+    from turbo.config import FIELD_OWNER
+
+    return {
         name: getattr(args, name) for name in FIELD_OWNER
         if FIELD_OWNER[name] == "attention" and getattr(args, name, None) is not None
     }
+
+
+def cmd_generate(args) -> int:
+    from diffusers.utils import export_to_video
+
+    import turbo
+    from turbo.geometry import check_video_size
+
+    device, dtype = _device_dtype(args)
+    overrides = _attention_overrides(args)
     pipe, defaults = _load(args, device, dtype)
     kwargs = _call_kwargs(args, pipe, defaults)
     try:
@@ -173,6 +210,60 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _eval_config(name: str, overrides: dict, role: str):
+    """--reference / --candidate: a preset name (with option overrides -> a TurboConfig) or an attention method name
+    (-> {"attention": {"method": name, **overrides}}); checked here so a bad value fails before the model loads."""
+    import turbo
+    from turbo.config import ATTENTION_METHODS, PRESETS, resolve_config
+
+    if name in PRESETS:
+        config = PRESETS[name].config.replace(**overrides) if overrides else name
+    elif name in ATTENTION_METHODS:
+        config = {"attention": {"method": name, **overrides}}
+    else:
+        raise SystemExit(f"turbo: --{role} {name!r} is neither a preset ({', '.join(PRESETS)}) nor an attention "
+                         f"method ({', '.join(ATTENTION_METHODS)}).")
+    try:
+        resolve_config(config, turbo.default_config())[0].check_built()
+    except turbo.TurboError as error:
+        raise SystemExit(f"turbo: --{role} {name}: {error}") from None
+    return config
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    import turbo
+    from turbo.eval.harness import evaluate, prompt_set
+    from turbo.geometry import check_video_size
+
+    if args.prompts < 1:
+        raise SystemExit(f"turbo: --prompts must be at least 1, got {args.prompts}.")
+    device, dtype = _device_dtype(args)
+    reference = _eval_config(args.reference, {}, "reference")
+    candidate = _eval_config(args.candidate, _attention_overrides(args), "candidate")
+    pipe, defaults = _load(args, device, dtype)
+    if "ImageToVideo" in type(pipe).__name__:
+        raise SystemExit(f"turbo: eval runs text-to-video prompts; {type(pipe).__name__} needs an image per video.")
+    kwargs = _call_kwargs(args, pipe, defaults)
+    kwargs.pop("prompt")
+    try:
+        check_video_size(kwargs["height"], kwargs["width"], kwargs["num_frames"])
+    except turbo.GeometryError as error:
+        raise SystemExit(f"turbo: {error}") from None
+    try:
+        table = evaluate(pipe, reference, candidate, prompt_set(args.prompts, args.seed), kwargs,
+                         progress=not args.no_progress)
+    except turbo.TurboError as error:
+        raise SystemExit(f"turbo: {error}") from None
+    print(table.markdown(per_prompt=args.per_prompt))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(table.to_dict(), handle, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def cmd_info(args) -> int:
     import turbo
     from turbo.config import PRESETS
@@ -188,7 +279,7 @@ def cmd_info(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = build_parser().parse_args(argv)
-    return {"generate": cmd_generate, "info": cmd_info}[args.command](args)
+    return {"generate": cmd_generate, "eval": cmd_eval, "info": cmd_info}[args.command](args)
 
 
 if __name__ == "__main__":
