@@ -4,7 +4,8 @@ Trains (or reuses, ``--vae DIR``) the VAE, then the transformer of one pipeline 
 ``checksums.json`` and ``toyworld_recipe.json`` (the exact command, seeds, sizes, device and wall/GPU minutes), and
 prints the command and the wall time. Everything is offline; text/image encoders are frozen random (seeded).
 
-Examples (the shipped models; see ``toyworld_recipe.json`` in each directory for the measured GPU minutes)::
+Example commands. No ToyWorld weights are shipped yet and these step counts are an untested starting point for the
+first GPU run; once models are trained, each directory's ``toyworld_recipe.json`` records what was actually run::
 
     python -m pipelines.toyworld train --kind wan-t2v --out models/toyworld/wan-t2v --steps 20000 --batch-size 8 \\
         --vae-steps 4000 --seed 0 --device cuda
