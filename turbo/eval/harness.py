@@ -1,0 +1,313 @@
+"""Evaluation harness: run a pipeline under a reference and a candidate turbo config on the same ToyWorld prompts and
+seeds, and compare them (judge accuracy per attribute, PSNR / SSIM of candidate against reference, flicker, time).
+
+    from turbo.eval.harness import evaluate, prompt_set
+    table = evaluate(pipe, "dense", {"attention": {"method": "sla", "keep": 0.1}}, prompt_set(8, seed=0),
+                     {"height": 256, "width": 256, "num_frames": 17, "num_inference_steps": 8})
+    print(table)                  # markdown summary
+    json.dumps(table.to_dict())   # JSON-safe (non-finite floats as "inf" / "-inf" / "nan")
+
+A config is anything `turbo.accelerate(pipe, config)` takes: a `TurboConfig`, a preset name, a dict, or None (the
+default config). A plain attention method name such as "dense" or "sla" is read as ``{"attention": {"method": name}}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from turbo.eval.judge import ATTRIBUTES, JudgeResult, aggregate, judge
+from turbo.eval.metrics import psnr, ssim, temporal_flicker
+
+__all__ = ["EvalRow", "EvalTable", "describe_config", "evaluate", "prompt_set"]
+
+ACCURACY_KEYS = (*ATTRIBUTES, "background", "all")
+
+
+# ------------------------------------------------------------------------------------------------------------ prompts
+
+
+def prompt_set(count: int, seed: int = 0, num_objects: int | tuple[int, ...] = 1) -> list[tuple[str, int]]:
+    """``count`` ToyWorld (caption, video seed) pairs, deterministic for ``seed``.
+
+    Specs come from `turbo.toyworld.sample_spec` on one CPU generator seeded with ``seed`` (``num_objects`` objects per
+    video, or one drawn uniformly from a tuple); each video seed is drawn from the same generator (0 ≤ seed < 2³¹).
+    """
+    from turbo.toyworld.videos import caption, sample_spec
+
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    generator = torch.Generator().manual_seed(int(seed))
+    choices = (num_objects,) if isinstance(num_objects, int) else tuple(num_objects)
+    out = []
+    for _ in range(count):
+        n = choices[int(torch.randint(len(choices), (1,), generator=generator))]
+        spec = sample_spec(generator, int(n))
+        video_seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+        out.append((caption(spec), video_seed))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------ configs
+
+
+def _as_config(config):
+    """A plain attention method name becomes ``{"attention": {"method": name}}``; anything else passes through."""
+    from turbo.config import ATTENTION_METHODS, PRESETS
+
+    if isinstance(config, str) and config not in PRESETS and config in ATTENTION_METHODS:
+        return {"attention": {"method": config}}
+    return config
+
+
+def describe_config(config) -> str:
+    """Short label: the preset name (if any), the attention method and its options that differ from the defaults,
+    e.g. ``"fast: sla keep=0.1"`` or ``"sla keep=0.25 block_q=16 block_k=16"``."""
+    from dataclasses import fields
+
+    from turbo import default_config
+    from turbo.config import SECTIONS, AttentionConfig, resolve_config
+
+    resolved, preset = resolve_config(_as_config(config), default_config())
+    attention = resolved.attention
+    defaults = AttentionConfig()
+    parts = [attention.method]
+    for f in fields(AttentionConfig):
+        if f.name == "method":
+            continue
+        value = getattr(attention, f.name)
+        relevant = not f.metadata["methods"] or attention.method in f.metadata["methods"]
+        if relevant and (value != getattr(defaults, f.name) or f.name in ("keep", "density")):
+            parts.append(f"{f.name}={value:g}" if isinstance(value, float) else f"{f.name}={value}")
+    for section, cls in SECTIONS.items():
+        if section != "attention" and getattr(resolved, section) != cls():
+            parts.append(f"{section}={getattr(resolved, section).mode}")
+    label = " ".join(parts)
+    return f"{preset}: {label}" if preset else label
+
+
+# -------------------------------------------------------------------------------------------------------------- table
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return float(np.mean(values)) if values else math.nan
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+@dataclass
+class EvalRow:
+    """One prompt: both runs' judge results, times and flicker, and PSNR / SSIM of candidate against reference."""
+
+    prompt: str
+    seed: int
+    reference_seconds: float
+    candidate_seconds: float
+    psnr: float
+    ssim: float
+    reference_flicker: float
+    candidate_flicker: float
+    reference_judge: JudgeResult = field(repr=False)
+    candidate_judge: JudgeResult = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "seed": self.seed,
+            "reference_seconds": self.reference_seconds,
+            "candidate_seconds": self.candidate_seconds,
+            "psnr": self.psnr,
+            "ssim": self.ssim,
+            "reference_flicker": self.reference_flicker,
+            "candidate_flicker": self.candidate_flicker,
+            "reference_accuracy": self.reference_judge.accuracy(),
+            "candidate_accuracy": self.candidate_judge.accuracy(),
+        }
+
+
+@dataclass
+class EvalTable:
+    """Per-prompt rows and their summary (`summary()`); `str()` is a markdown table, `to_dict()` is JSON-safe."""
+
+    reference: str
+    candidate: str
+    call_kwargs: dict[str, Any]
+    rows: list[EvalRow] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """Attribute accuracy (judge `aggregate`) and mean flicker / seconds per video for each config; mean PSNR
+        over the videos that differ from the reference (``inf`` when all are identical), mean SSIM, the number of
+        identical videos, and the speed-up (reference seconds per video / candidate seconds per video)."""
+        finite = [r.psnr for r in self.rows if math.isfinite(r.psnr)]
+        ref_s = _mean(r.reference_seconds for r in self.rows)
+        cand_s = _mean(r.candidate_seconds for r in self.rows)
+        return {
+            "prompts": len(self.rows),
+            "reference_accuracy": aggregate([r.reference_judge for r in self.rows]),
+            "candidate_accuracy": aggregate([r.candidate_judge for r in self.rows]),
+            "psnr": _mean(finite) if finite else (math.inf if self.rows else math.nan),
+            "identical": sum(1 for r in self.rows if r.psnr == math.inf),
+            "ssim": _mean(r.ssim for r in self.rows),
+            "reference_flicker": _mean(r.reference_flicker for r in self.rows),
+            "candidate_flicker": _mean(r.candidate_flicker for r in self.rows),
+            "reference_seconds": ref_s,
+            "candidate_seconds": cand_s,
+            "speedup": ref_s / cand_s if cand_s > 0 else math.nan,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything as plain JSON types; non-finite floats become the strings "inf", "-inf" and "nan"."""
+        kwargs = {k: v for k, v in self.call_kwargs.items() if isinstance(v, (str, int, float, bool, type(None)))}
+        return _json_safe({
+            "reference": self.reference,
+            "candidate": self.candidate,
+            "call_kwargs": kwargs,
+            "summary": self.summary(),
+            "rows": [r.to_dict() for r in self.rows],
+        })
+
+    def markdown(self, per_prompt: bool = False) -> str:
+        """The summary table; with ``per_prompt`` also a table with one line per prompt."""
+        s = self.summary()
+        ref_acc, cand_acc = s["reference_accuracy"], s["candidate_accuracy"]
+        psnr_text = "∞ (identical)" if s["psnr"] == math.inf else f"{s['psnr']:.2f} dB"
+        if s["identical"] and s["psnr"] != math.inf:
+            psnr_text += f" ({s['identical']} identical)"
+        size = "×".join(str(self.call_kwargs[k]) for k in ("width", "height") if k in self.call_kwargs)
+        setting = ", ".join(p for p in (
+            size,
+            f"{self.call_kwargs['num_frames']} frames" if "num_frames" in self.call_kwargs else "",
+            f"{self.call_kwargs['num_inference_steps']} steps" if "num_inference_steps" in self.call_kwargs else "",
+        ) if p)
+        lines = [
+            f"{s['prompts']} prompts" + (f", {setting}" if setting else ""),
+            "",
+            f"| metric | reference ({self.reference}) | candidate ({self.candidate}) |",
+            "|---|---|---|",
+        ]
+        for key in ACCURACY_KEYS:
+            lines.append(f"| accuracy {key} | {ref_acc[key]:.2f} | {cand_acc[key]:.2f} |")
+        lines += [
+            f"| flicker | {s['reference_flicker']:.4f} | {s['candidate_flicker']:.4f} |",
+            f"| s / video | {s['reference_seconds']:.3f} | {s['candidate_seconds']:.3f} |",
+            f"| speed-up | 1.00× | {s['speedup']:.2f}× |",
+            f"| PSNR vs reference | — | {psnr_text} |",
+            f"| SSIM vs reference | — | {s['ssim']:.4f} |",
+        ]
+        if per_prompt:
+            lines += ["", "| # | prompt | seed | PSNR | SSIM | ref all | cand all | ref s | cand s |",
+                      "|---|---|---|---|---|---|---|---|---|"]
+            for i, r in enumerate(self.rows):
+                p = "∞" if r.psnr == math.inf else f"{r.psnr:.2f}"
+                lines.append(
+                    f"| {i} | {r.prompt} | {r.seed} | {p} | {r.ssim:.4f} | {int(r.reference_judge.all_ok)} "
+                    f"| {int(r.candidate_judge.all_ok)} | {r.reference_seconds:.3f} | {r.candidate_seconds:.3f} |"
+                )
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.markdown()
+
+
+# ----------------------------------------------------------------------------------------------------------- evaluate
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _generate(pipe, config, kwargs: dict, seed: int, quiet: bool = False) -> tuple[np.ndarray, float]:
+    """Accelerate with ``config``, run once with a CPU generator seeded ``seed`` (timed), restore. ``quiet`` hides
+    turbo's log warnings for this accelerate (they were already shown for the same config)."""
+    import turbo
+
+    turbo_logger = logging.getLogger("turbo")
+    level = turbo_logger.level
+    if quiet:
+        turbo_logger.setLevel(logging.ERROR)
+    try:
+        turbo.accelerate(pipe, config)
+    finally:
+        turbo_logger.setLevel(level)
+    try:
+        _synchronize()
+        start = time.perf_counter()
+        frames = pipe(**kwargs, generator=torch.Generator(device="cpu").manual_seed(int(seed))).frames[0]
+        _synchronize()
+        elapsed = time.perf_counter() - start
+    finally:
+        turbo.restore(pipe)
+    if hasattr(frames, "detach"):
+        frames = frames.detach().cpu().float().numpy()
+    return np.asarray(frames, dtype=np.float32), elapsed
+
+
+def evaluate(pipe, reference, candidate, prompts, call_kwargs: dict | None = None, progress: bool = True,
+             warmup: bool = True) -> EvalTable:
+    """Generate every (prompt, seed) with the reference config and with the candidate config and compare them.
+
+    Args:
+        pipe: an unaccelerated diffusers text-to-video pipeline turbo supports (it is left unaccelerated).
+        reference, candidate: what `turbo.accelerate(pipe, config)` takes (TurboConfig, preset name, dict, None), or a
+            plain attention method name ("dense", "sla", ...).
+        prompts: (caption, seed) pairs, e.g. from `prompt_set`; both configs use the same seed (CPU generator).
+        call_kwargs: the rest of the pipeline call (height, width, num_frames, num_inference_steps, guidance_scale,
+            ...); ``prompt`` and ``generator`` are set per video and ``output_type`` is forced to "np".
+        progress: a tqdm bar over prompts (the pipeline's own per-step bar is hidden while evaluating).
+        warmup: first run each config once untimed with one denoising step (kernel compilation, allocator warm-up).
+
+    Each video is timed with `time.perf_counter` around the whole pipeline call (CUDA synchronised when present), so
+    seconds per video include text encoding and VAE decoding. Returns an `EvalTable`.
+    """
+    from tqdm.auto import tqdm
+
+    reference, candidate = _as_config(reference), _as_config(candidate)
+    table = EvalTable(describe_config(reference), describe_config(candidate), dict(call_kwargs or {}))
+    kwargs = {k: v for k, v in table.call_kwargs.items() if k not in ("prompt", "generator")}
+    kwargs["output_type"] = "np"
+    table.call_kwargs = dict(kwargs)
+    prompts = [(str(p), int(s)) for p, s in prompts]
+
+    saved_bar = dict(getattr(pipe, "_progress_bar_config", {}) or {})
+    pipe.set_progress_bar_config(**{**saved_bar, "disable": True})
+    try:
+        if warmup and prompts:
+            warm = {**kwargs, "prompt": prompts[0][0], "num_inference_steps": 1}
+            for config in (reference, candidate):
+                _generate(pipe, config, warm, prompts[0][1])
+        for index, (prompt, seed) in enumerate(tqdm(prompts, desc="eval", unit="prompt", disable=not progress)):
+            run_kwargs = {**kwargs, "prompt": prompt}
+            quiet = warmup or index > 0
+            ref_video, ref_s = _generate(pipe, reference, run_kwargs, seed, quiet)
+            cand_video, cand_s = _generate(pipe, candidate, run_kwargs, seed, quiet)
+            table.rows.append(EvalRow(
+                prompt=prompt,
+                seed=seed,
+                reference_seconds=ref_s,
+                candidate_seconds=cand_s,
+                psnr=psnr(cand_video, ref_video),
+                ssim=ssim(cand_video, ref_video),
+                reference_flicker=temporal_flicker(ref_video),
+                candidate_flicker=temporal_flicker(cand_video),
+                reference_judge=judge(ref_video, prompt),
+                candidate_judge=judge(cand_video, prompt),
+            ))
+    finally:
+        pipe._progress_bar_config = saved_bar
+    return table
