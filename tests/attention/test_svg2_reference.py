@@ -19,14 +19,29 @@ def test_kmeans_recovers_separated_blobs_and_warm_start_is_stable():
     centers = torch.randn(1, 2, 4, 8, generator=g) * 20
     labels = torch.randint(0, 4, (1, 2, 200), generator=g)
     x = centers.gather(2, labels[..., None].expand(-1, -1, -1, 8)) + 0.1 * torch.randn(1, 2, 200, 8, generator=g)
-    centroids, found = reference.kmeans(x, 4, 20, generator=torch.Generator().manual_seed(seed))
-    # same partition up to renaming: tokens share a found label iff they share a true label
-    same_true = labels[..., :, None] == labels[..., None, :]
-    same_found = found[..., :, None] == found[..., None, :]
-    assert torch.equal(same_true, same_found), seed
+    # Lloyd from a rough start near the true centres recovers the partition exactly
+    centroids, found = reference.kmeans(x, 4, 5, init=centers + torch.randn(1, 2, 4, 8, generator=g))
+    assert torch.equal(found, labels), seed
     again, again_labels = reference.kmeans(x, 4, 2, init=centroids)
     torch.testing.assert_close(again, centroids, atol=1e-4, rtol=1e-4)
     assert torch.equal(again_labels, found)
+
+
+def test_kmeans_from_random_tokens_reaches_a_lloyd_fixed_point():
+    seed = _seed()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 3, 150, 8, generator=g)
+    centroids, labels = reference.kmeans(x, 6, 50, generator=torch.Generator().manual_seed(seed))
+    assert centroids.shape == (2, 3, 6, 8) and labels.shape == (2, 3, 150)
+    distances = ((x[..., :, None, :] - centroids[..., None, :, :]) ** 2).sum(-1)
+    assert torch.equal(labels, distances.argmin(-1)), seed  # every token sits with its nearest centroid
+    for c in range(6):  # every non-empty centroid is the mean of its tokens
+        members = (labels == c)[..., None].float()
+        count = members.sum(2)
+        mean = (x * members).sum(2) / count.clamp(min=1)
+        torch.testing.assert_close(torch.where(count > 0, mean, centroids[:, :, c]), centroids[:, :, c], atol=1e-4,
+                                   rtol=1e-4)
+    assert reference.kmeans(x, 500, 1)[0].shape[2] == 150  # clusters are capped at the token count
 
 
 def test_cluster_mask_top_p_floor_and_empty_clusters():
