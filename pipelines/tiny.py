@@ -17,6 +17,8 @@ import os
 
 import torch
 
+from turbo.toyworld.models import hunyuan_rope_axes
+
 __all__ = [
     "DEFAULT_DEMO",
     "HUNYUAN_CALL_KWARGS",
@@ -325,18 +327,6 @@ def build_wan_i2v(*, num_layers=2, num_heads=2, head_dim=12, seed=0, dtype=torch
 HUNYUAN_CALL_KWARGS: dict = {"prompt_template": {"template": "{}", "crop_start": 0}}
 
 
-def _hunyuan_rope_axes(head_dim: int) -> tuple[int, int, int]:
-    """Split ``head_dim`` into even (t, h, w) RoPE axes in the real model's proportions (128 -> 16, 56, 56)."""
-    if head_dim % 2 or head_dim < 6:
-        raise ValueError(f"Hunyuan head_dim must be even and >= 6, got {head_dim}")
-    hw = max(2, 2 * round(head_dim * 56 / 128 / 2))
-    t = head_dim - 2 * hw
-    if t < 2:
-        hw = (head_dim - 2) // 4 * 2
-        t = head_dim - 2 * hw
-    return (t, hw, hw)
-
-
 def build_hunyuan_t2v(*, num_layers=1, num_single_layers=1, num_heads=2, head_dim=10, seed=0):
     """Tiny ``HunyuanVideoPipeline``: 3-layer Llama (width 16) + CLIP text (width 8, 77 positions), patch_size=2.
 
@@ -411,7 +401,7 @@ def build_hunyuan_t2v(*, num_layers=1, num_single_layers=1, num_heads=2, head_di
         guidance_embeds=True,
         text_embed_dim=llama_dim,
         pooled_projection_dim=clip_dim,
-        rope_axes_dim=_hunyuan_rope_axes(head_dim),
+        rope_axes_dim=hunyuan_rope_axes(head_dim),
     ).eval()
     return HunyuanVideoPipeline(
         tokenizer=tokenizer,

@@ -242,7 +242,8 @@ def build_scheduler(kind: str = "wan-t2v"):
 # ----------------------------------------------------------------------------------------------------------- Hunyuan
 
 
-def _hunyuan_rope_axes(head_dim: int) -> tuple[int, int, int]:
+def hunyuan_rope_axes(head_dim: int) -> tuple[int, int, int]:
+    """Split ``head_dim`` into even (t, h, w) RoPE axes in the real model's proportions (128 -> 16, 56, 56)."""
     if head_dim % 2 or head_dim < 6:
         raise ValueError(f"Hunyuan head_dim must be even and >= 6, got {head_dim}")
     hw = max(2, 2 * round(head_dim * 56 / 128 / 2))
@@ -347,7 +348,7 @@ def build_hunyuan_transformer(sizes: ToyWorldSizes = DEFAULT_SIZES, seed: int = 
         guidance_embeds=False,
         text_embed_dim=sizes.llama_dim,
         pooled_projection_dim=sizes.clip_text_dim,
-        rope_axes_dim=_hunyuan_rope_axes(sizes.hunyuan_head_dim),
+        rope_axes_dim=hunyuan_rope_axes(sizes.hunyuan_head_dim),
     )
 
 
