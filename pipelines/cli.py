@@ -169,6 +169,14 @@ def _attention_overrides(args) -> dict:
     }
 
 
+def unknown_words(tokenizer, prompt: str) -> list[str]:
+    """Words of the prompt that the pipeline's tokenizer can only map to its unknown token."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if tokenizer is None or unk is None:
+        return []
+    return [word for word in prompt.split() if unk in tokenizer(word, add_special_tokens=False).input_ids]
+
+
 def cmd_generate(args) -> int:
     from diffusers.utils import export_to_video
 
@@ -178,6 +186,10 @@ def cmd_generate(args) -> int:
     device, dtype = _device_dtype(args)
     overrides = _attention_overrides(args)
     pipe, defaults = _load(args, device, dtype)
+    unknown = unknown_words(getattr(pipe, "tokenizer", None), args.prompt)
+    if unknown:
+        print(f"turbo: warning: the model's tokenizer does not know {', '.join(map(repr, unknown))}; "
+              "they become its unknown token.")
     kwargs = _call_kwargs(args, pipe, defaults)
     try:
         check_video_size(kwargs["height"], kwargs["width"], kwargs["num_frames"])

@@ -53,3 +53,11 @@ def test_generate_from_a_saved_pipeline_directory(tmp_path, capsys):
     assert code == 0
     assert "attention  svg" in capsys.readouterr().out
     assert iio.imread(path).shape[0] == 9
+
+
+def test_generate_warns_about_unknown_prompt_words(tmp_path, capsys):
+    code = main(["generate", "--prompt", "a red circle zorbling left", "--height", "64", "--width", "64",
+                 "--frames", "5", "--steps", "1", "--out", str(tmp_path / "x.mp4")])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "'zorbling'" in out and "'red'" not in out
