@@ -52,3 +52,30 @@ def test_sla2_op_gradients_match_reference():
     expected = torch.autograd.grad(ref, [q, k, v, logits], grad)
     for name, a, b in zip(["dq", "dk", "dv", "dlogits"], got, expected, strict=True):
         assert _rel(a, b) < TOL, (seed, name, _rel(a, b))
+
+
+@pytest.mark.parametrize("mode, keep, dtype", [("sla", 0.3, torch.float32), ("sla", 1.0, torch.float32),
+                                               ("sla2", 0.4, torch.float32), ("sla", 0.5, torch.float16)])
+def test_fused_linear_backward_matches_the_torch_oracle(mode, keep, dtype):
+    from turbo.attention.kernels.sla_backward import sla_backward
+    from turbo.attention.kernels.sla_forward import sla_forward
+
+    seed = int(torch.randint(0, 2**31, ()))
+    g = torch.Generator().manual_seed(seed)
+    q, k, v, grad = (torch.randn(2, 200, 2, 32, generator=g).to(DEVICE, dtype) for _ in range(4))
+    proj = torch.nn.Linear(32, 32).to(DEVICE)
+    torch.nn.init.normal_(proj.weight, std=0.3)
+    alpha = (torch.rand(2, 4, generator=g) * 0.8 + 0.1).to(DEVICE)
+    with torch.no_grad():
+        lut, count = sla_router(q, k, 64, 32, keep)
+        extra = {"alpha": alpha} if mode == "sla2" else {"proj_weight": proj.weight, "proj_bias": proj.bias}
+        _, lse = sla_forward(q, k, v, lut, count, 64, 32, **extra)
+        args = (grad, q, k, v, lse, lut, count, 64, 32, 32 ** -0.5)
+        fused = sla_backward(*args, **extra, fused=True)
+        oracle = sla_backward(*args, **extra, fused=False)
+    tol = TOL if dtype == torch.float32 else 2e-2
+    for name, a, b in zip(["dq", "dk", "dv", "dW", "db", "dalpha"], fused, oracle, strict=True):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            assert torch.isfinite(a).all(), name
+            assert _rel(a, b) < tol, (seed, mode, name, _rel(a, b))

@@ -90,17 +90,31 @@ def linear_branch_backward(d_ol, q, k, v, block_q, block_k, phiq, h_i, z_i, ol, 
 
 
 def sla_backward(grad_out, q, k, v, lse, lut, count, block_q, block_k, scale, proj_weight=None, proj_bias=None,
-                 alpha=None):
+                 alpha=None, fused: bool | None = None):
     """Gradients of `sla_forward` (SLA: out = Oˢ + proj(Oˡ); SLA2: out = α·Oˢ + (1 − α)·Oˡ; neither: Oˢ).
 
-    grad_out [B, S, H, D]; lse [B, H, S] from the forward. Returns (dq, dk, dv, d_proj_weight, d_proj_bias,
-    d_alpha); entries that do not apply are None."""
+    grad_out [B, S, H, D]; lse [B, H, S] from the forward. `fused` picks the Triton linear-branch backward
+    (`linear_backward.py`; default on CUDA) over the batched-torch one (default on CPU, the oracle). Returns
+    (dq, dk, dv, d_proj_weight, d_proj_bias, d_alpha); entries that do not apply are None."""
     seq_len = q.shape[1]
     out_s, _ = sla_forward(q, k, v, lut, count, block_q, block_k, scale=scale)
     if proj_weight is None and alpha is None:
         dq, dk, dv = block_sparse_attention_backward(grad_out, q, k, v, out_s, lse, lut, count, block_q, block_k,
                                                      scale)
         return dq, dk, dv, None, None, None
+    if q.is_cuda if fused is None else fused:
+        from .linear_backward import linear_branch_backward_fused
+
+        lq, lk, lv, d_w, d_b, d_alpha = linear_branch_backward_fused(
+            grad_out, q, k, v, lut, count, block_q, block_k, proj_weight, alpha, out_s)
+        if proj_bias is None:
+            d_b = None
+        d_out_s = grad_out if alpha is None else (grad_out.float() * _unblocks(
+            alpha.float()[None, :, :, None, None].expand(q.shape[0], -1, -1, block_q, 1), seq_len)).to(q.dtype)
+        dq, dk, dv = block_sparse_attention_backward(d_out_s, q, k, v, out_s, lse, lut, count, block_q, block_k,
+                                                     scale)
+        return ((dq.float() + lq).to(q.dtype), (dk.float() + lk).to(k.dtype), (dv.float() + lv).to(v.dtype),
+                d_w, d_b, d_alpha)
     phiq, h_i, z_i, ol, has_marginal, weights, den = linear_branch(q, k, v, lut, count, block_q, block_k)
     d_out = _blocks(grad_out, block_q)
     d_w = d_b = d_alpha = None
