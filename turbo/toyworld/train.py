@@ -171,6 +171,19 @@ def _vae_step_loss(vae, x: torch.Tensor, kl_weight: float, generator: torch.Gene
     return F.l1_loss(rec.float(), x.float()) + kl_weight * kl
 
 
+def _optimizer_step(loss, opt, sched, params, grad_clip, ema, model) -> float:
+    """One update: backward, optional gradient clipping, optimizer and schedule step, EMA. Returns the loss value."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
+    sched.step()
+    if ema is not None:
+        ema.update(model)
+    return float(loss.detach())
+
+
 def train_vae(
     vae,
     steps: int,
@@ -213,15 +226,7 @@ def train_vae(
         gen = torch.Generator().manual_seed(_step_seed(seed + 17, step, fixed_batch))
         loss = _vae_step_loss(vae, x, kl_weight, gen)
         _finite(loss, "train_vae", step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        opt.step()
-        sched.step()
-        if ema is not None:
-            ema.update(vae)
-        losses.append(float(loss.detach()))
+        losses.append(_optimizer_step(loss, opt, sched, params, grad_clip, ema, vae))
         _log("vae", step, steps, losses, log_every, bar)
     if ema is not None:
         ema.copy_to(vae)
@@ -411,15 +416,7 @@ def train_transformer(
             pred = transformer(hidden_states=xt, timestep=timestep, return_dict=False, **cond)[0]
         loss = F.mse_loss(pred.float(), target.float())
         _finite(loss, f"train_transformer({kind})", step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        opt.step()
-        sched.step()
-        if ema is not None:
-            ema.update(transformer)
-        losses.append(float(loss.detach()))
+        losses.append(_optimizer_step(loss, opt, sched, params, grad_clip, ema, transformer))
         _log(kind, step, steps, losses, log_every, bar)
     if ema is not None:
         ema.copy_to(transformer)
