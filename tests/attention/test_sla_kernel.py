@@ -144,3 +144,37 @@ def test_text_tail_keys_match_reference(alpha_mode):
             expected = reference.sla_attention(q, k, v, 0.4, block_q=64, block_k=32, proj=proj, **tail)
     assert torch.isfinite(out).all()
     assert _rel(out, expected) < TOL * 3, (seed, _rel(out, expected))
+
+
+def test_module_calling_the_ops_compiles_fullgraph_and_passes_opcheck():
+    from turbo.attention.kernels import ops  # noqa: F401
+    from turbo.attention.kernels.router import topk_lut
+
+    class KernelSLA(torch.nn.Module):
+        """What SLAAttention / SLA2Attention run on CUDA, as a module."""
+
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(32, 32)
+
+        def forward(self, q, k, v, alpha):
+            scores = torch.ops.turbo.block_pool(q, 64) @ torch.ops.turbo.block_pool(k, 32).transpose(-1, -2)
+            lut, count = topk_lut(scores, 0.5)
+            sla = torch.ops.turbo.sla_forward(q, k, v, lut, count, self.proj.weight, self.proj.bias, 64, 32,
+                                              32 ** -0.5)[0]
+            sla2 = torch.ops.turbo.sla2_forward(q, k, v, lut, count, alpha, 64, 32, 32 ** -0.5)[0]
+            return sla + sla2
+
+    q, k, v = _qkv(1, 128, 2, 32, torch.float32, 9)
+    alpha = torch.full((2, 2), 0.6, device=DEVICE)
+    module = KernelSLA().to(DEVICE)
+    with torch.no_grad():
+        eager = module(q, k, v, alpha)
+        compiled = torch.compile(module, fullgraph=True, backend="aot_eager")(q, k, v, alpha)
+    torch.testing.assert_close(compiled, eager)
+    lut, count = topk_lut(reference.block_scores(q, k, 64, 32), 0.5)
+    torch.library.opcheck(torch.ops.turbo.sla_forward.default,
+                          (q, k, v, lut, count, module.proj.weight, module.proj.bias, 64, 32, 32 ** -0.5),
+                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(torch.ops.turbo.sla2_forward.default, (q, k, v, lut, count, alpha, 64, 32, 32 ** -0.5),
+                          test_utils=("test_schema", "test_faketensor"))
