@@ -36,8 +36,9 @@ def default_config() -> TurboConfig:
     and only a method this machine runs faster than dense attention.
 
     The training-free candidates are `lowbit` (near-lossless) and `svg` (lossy, so it stays opt-in as the
-    "balanced" preset). The low-bit kernel measured 0.99× cuDNN SDPA at Wan 480p on an H100 (docs/BENCHMARKS.md,
-    2026-11-25), i.e. not faster, so the default is dense on every machine until that kernel is."""
+    "balanced" preset). The low-bit kernel measured 0.99× cuDNN SDPA at Wan 480p on an H100 with 64-key tiles and
+    1.14–1.19× with 128-key tiles (docs/BENCHMARKS.md, 2026-11-25), not yet checked end to end on a real checkpoint,
+    so the default is dense on every machine until it has been."""
     return TurboConfig()
 
 
