@@ -102,8 +102,16 @@ def _load(args, device, dtype):
 
     if not os.path.isdir(args.model):
         raise SystemExit(f"turbo: --model {args.model!r} is not a directory with a diffusers pipeline.")
+    defaults = {"height": 480, "width": 832, "num_frames": 81, "num_inference_steps": 50}
+    if os.path.isfile(os.path.join(args.model, "checksums.json")):  # a ToyWorld model: verify before loading
+        from turbo.toyworld.train import ToyWorldWeightsError, load_toyworld
+
+        try:
+            return load_toyworld(args.model, dtype=dtype).to(device), defaults
+        except ToyWorldWeightsError as error:
+            raise SystemExit(f"turbo: {error}") from None
     pipe = DiffusionPipeline.from_pretrained(args.model, torch_dtype=dtype)
-    return pipe.to(device), {"height": 480, "width": 832, "num_frames": 81, "num_inference_steps": 50}
+    return pipe.to(device), defaults
 
 
 def _call_kwargs(args, pipe, defaults) -> dict:

@@ -162,3 +162,15 @@ def test_learnable_parts_live_under_attention_and_round_trip_safetensors(pipes, 
         assert len(optimizer_params) == len(keys)
     finally:
         turbo.restore(pipe)
+
+
+def test_fused_qkv_projections_stay_bit_identical():
+    pipe = build("wan-t2v")
+    pipe.transformer.fuse_qkv_projections()
+    assert pipe.transformer.blocks[0].attn1.fused_projections
+    baseline = run(pipe, "wan-t2v")
+    turbo.accelerate(pipe, attention="dense")
+    try:
+        assert np.array_equal(run(pipe, "wan-t2v"), baseline)
+    finally:
+        turbo.restore(pipe)

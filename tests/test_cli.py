@@ -61,3 +61,18 @@ def test_generate_warns_about_unknown_prompt_words(tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "'zorbling'" in out and "'red'" not in out
+
+
+def test_generate_verifies_toyworld_checksums(tmp_path, capsys):
+    from pipelines.tiny import build_wan_t2v
+    from turbo.toyworld.train import save_toyworld
+
+    save_toyworld(build_wan_t2v(), tmp_path / "tw", dtype=None)
+    args = ["generate", "--model", str(tmp_path / "tw"), "--height", "64", "--width", "64", "--frames", "5",
+            "--steps", "1", "--dtype", "float32", "--out", str(tmp_path / "x.mp4")]
+    assert main(args) == 0
+    weights = next((tmp_path / "tw" / "transformer").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-16] + b"0" * 16)
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert weights.name in str(exit_info.value)
