@@ -15,6 +15,24 @@ class AttentionMethod(nn.Module):
     `state_dict`, optimizers and `.to()`). Subclasses implement `video_attention`."""
 
     name = "base"
+    backend = "auto"
+
+    def kernel_ready(self, q: torch.Tensor) -> bool:
+        """Whether this call can take turbo's Triton kernel: backend not forced to the reference, a CUDA tensor on a
+        GPU the method's kernel supports, a power-of-two head dim in [16, 128] and a kernel dtype. Anything else runs
+        the PyTorch reference instead of failing inside a kernel."""
+        if self.backend == "reference" or not q.is_cuda:
+            return False
+        from ..capabilities import ATTENTION_KERNELS
+
+        needed = ATTENTION_KERNELS.get(self.name)
+        dim = q.shape[-1]
+        return (
+            needed is not None
+            and torch.cuda.get_device_capability(q.device) >= needed
+            and dim in (16, 32, 64, 128)
+            and q.dtype in (torch.float16, torch.bfloat16, torch.float32)
+        )
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: AttentionCall) -> torch.Tensor:
         """q, k, v: [B, S, H, D] after QK-norm and RoPE; returns [B, S, H, D] in q.dtype."""

@@ -24,7 +24,7 @@ class LowBitAttention(AttentionMethod):
 
     def use_kernel(self, q) -> bool:
         """The Triton kernel on CUDA (forward only; with gradients the reference runs)."""
-        return self.backend != "reference" and q.is_cuda and not torch.is_grad_enabled()
+        return self.kernel_ready(q) and not torch.is_grad_enabled()
 
     def forward(self, q, k, v, call: AttentionCall):
         mask = call.attn_mask

@@ -31,8 +31,7 @@ class SLAAttention(AttentionMethod):
     def use_kernel(self, q, tail_k) -> bool:
         """Triton kernels on CUDA (forward, and backward without text tail); the negligible class and gradients
         through HunyuanVideo's text tail run the reference."""
-        return (self.backend != "reference" and q.is_cuda and self.negligible == 0.0
-                and (tail_k is None or not torch.is_grad_enabled()))
+        return self.kernel_ready(q) and self.negligible == 0.0 and (tail_k is None or not torch.is_grad_enabled())
 
     def video_attention(self, q, k, v, call: AttentionCall, tail_k=None, tail_v=None, tail_mask=None):
         if self.use_kernel(q, tail_k):

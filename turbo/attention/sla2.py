@@ -48,7 +48,7 @@ class SLA2Attention(AttentionMethod):
     def use_kernel(self, q, tail_k) -> bool:
         """Triton kernels on CUDA with hard top-k (forward, and backward without text tail); SoftTop-k (router
         training), the QAT low-bit branch and gradients through HunyuanVideo's text tail run the reference."""
-        return (self.backend != "reference" and q.is_cuda and not self.soft and not self.quantized
+        return (self.kernel_ready(q) and not self.soft and not self.quantized
                 and (tail_k is None or not torch.is_grad_enabled()))
 
     def video_attention(self, q, k, v, call: AttentionCall, tail_k=None, tail_v=None, tail_mask=None):

@@ -56,7 +56,7 @@ class SVGAttention(AttentionMethod):
 
     def use_kernel(self, q, tail_k) -> bool:
         """The Triton block-sparse forward on CUDA for inference (gradients use the reference)."""
-        return self.backend != "reference" and q.is_cuda and not torch.is_grad_enabled()
+        return self.kernel_ready(q) and not torch.is_grad_enabled()
 
     def _band_lut(self, length: int, width: int, sink: int, device):
         key = (length, width, sink, self.block_q, self.block_k, str(device))
