@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipelines.tiny import build_wan_i2v
 from turbo.eval.harness import EvalTable, describe_config, evaluate, prompt_set
 from turbo.eval.metrics import psnr, ssim, temporal_flicker
 from turbo.toyworld.videos import parse_caption
@@ -191,3 +192,20 @@ def test_cli_eval_bad_input_is_one_sentence(argv, words):
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", "--steps", "1", "--frames", "5", "--height", "32", "--width", "32", *argv])
     assert words in str(exit_info.value)
+
+
+def test_image_to_video_eval_conditions_on_the_captions_first_frame():
+    from turbo.eval.harness import evaluate, first_frame, prompt_set
+    from turbo.eval.judge import judge
+
+    prompts = prompt_set(2, seed=3)
+    image = first_frame(prompts[0][0], prompts[0][1], 64, 64, 9)
+    assert image.size == (64, 64)
+    frame = np.asarray(image)[None].repeat(9, 0)
+    result = judge(frame, prompts[0][0])  # the rendered first frame holds the captioned object(s)
+    assert all(o.colour_ok and o.shape_ok for o in result.objects)
+    pipe = build_wan_i2v()
+    pipe.set_progress_bar_config(disable=True)
+    table = evaluate(pipe, "dense", "dense", prompts, {"height": 64, "width": 64, "num_frames": 9,
+                                                      "num_inference_steps": 2}, progress=False)
+    assert table.summary()["psnr"] == float("inf")

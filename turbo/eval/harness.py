@@ -54,6 +54,28 @@ def prompt_set(count: int, seed: int = 0, num_objects: int | tuple[int, ...] = 1
     return out
 
 
+def first_frame(prompt: str, seed: int, height: int, width: int, frames: int):
+    """The conditioning image of an image-to-video eval video: frame 0 of the ToyWorld video of `prompt`, rendered from
+    a spec with the caption's attributes (positions and sizes drawn from `seed`). Returns a PIL image."""
+    from PIL import Image
+
+    from turbo.toyworld.videos import ObjectSpec, VideoSpec, caption, parse_caption, render, sample_spec
+
+    parsed = parse_caption(prompt)
+    generator = torch.Generator().manual_seed(int(seed))
+    for _ in range(1000):  # draw geometry until the sampled objects can carry the caption's attributes
+        spec = sample_spec(generator, len(parsed.objects))
+        objects = tuple(ObjectSpec(p.shape, p.colour, p.motion, o.x, o.y, o.size)
+                        for p, o in zip(parsed.objects, spec.objects, strict=True))
+        candidate = VideoSpec(objects, parsed.background)
+        if caption(candidate) == prompt:
+            break
+    else:
+        raise ValueError(f"cannot render a first frame for {prompt!r}")
+    frame = render([candidate], frames, height, width)[0, 0]
+    return Image.fromarray((frame.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy())
+
+
 # ------------------------------------------------------------------------------------------------------------ configs
 
 
@@ -263,7 +285,8 @@ def evaluate(pipe, reference, candidate, prompts, call_kwargs: dict | None = Non
     """Generate every (prompt, seed) with the reference config and with the candidate config and compare them.
 
     Args:
-        pipe: an unaccelerated diffusers text-to-video pipeline turbo supports (it is left unaccelerated).
+        pipe: an unaccelerated diffusers pipeline turbo supports (it is left unaccelerated); for image-to-video
+            pipelines each video is conditioned on frame 0 of the ToyWorld video of its caption (`first_frame`).
         reference, candidate: what `turbo.accelerate(pipe, config)` takes (TurboConfig, preset name, dict, None), or a
             plain attention method name ("dense", "sla", ...).
         prompts: (caption, seed) pairs, e.g. from `prompt_set`; both configs use the same seed (CPU generator).
@@ -283,16 +306,25 @@ def evaluate(pipe, reference, candidate, prompts, call_kwargs: dict | None = Non
     kwargs["output_type"] = "np"
     table.call_kwargs = dict(kwargs)
     prompts = [(str(p), int(s)) for p, s in prompts]
+    # image-to-video: each video is conditioned on frame 0 of the ToyWorld video its caption describes
+    image_to_video = "ImageToVideo" in type(pipe).__name__
+    if image_to_video and ("height" not in kwargs or "width" not in kwargs):
+        raise ValueError("image-to-video eval needs height and width in call_kwargs (the first frame is rendered)")
 
     saved_bar = dict(getattr(pipe, "_progress_bar_config", {}) or {})
     pipe.set_progress_bar_config(**{**saved_bar, "disable": True})
     try:
         if warmup and prompts:
             warm = {**kwargs, "prompt": prompts[0][0], "num_inference_steps": 1}
+            if image_to_video:
+                warm["image"] = first_frame(prompts[0][0], prompts[0][1], kwargs["height"], kwargs["width"], 1)
             for config in (reference, candidate):
                 _generate(pipe, config, warm, prompts[0][1])
         for index, (prompt, seed) in enumerate(tqdm(prompts, desc="eval", unit="prompt", disable=not progress)):
             run_kwargs = {**kwargs, "prompt": prompt}
+            if image_to_video:
+                run_kwargs["image"] = first_frame(prompt, seed, kwargs["height"], kwargs["width"],
+                                                  kwargs.get("num_frames", 17))
             quiet = warmup or index > 0
             ref_video, ref_s = _generate(pipe, reference, run_kwargs, seed, quiet)
             cand_video, cand_s = _generate(pipe, candidate, run_kwargs, seed, quiet)
