@@ -46,10 +46,15 @@ class SLA2Attention(AttentionMethod):
         return torch.sigmoid(self.alpha_logit[:, index])
 
     def use_kernel(self, q, tail_k) -> bool:
-        """Triton kernels on CUDA with hard top-k (forward, and backward without text tail); SoftTop-k (router
-        training), the QAT low-bit branch and gradients through HunyuanVideo's text tail run the reference."""
-        return (self.kernel_ready(q) and not self.soft and not self.quantized
-                and (tail_k is None or not torch.is_grad_enabled()))
+        """Triton kernels on CUDA with hard top-k: bf16 forward + backward (not through HunyuanVideo's text tail), or,
+        with `quantized`, the INT8/FP8 forward for inference (FP8 needs sm_89+; no text tail). SoftTop-k (router
+        training) and QAT training run the reference."""
+        if not self.kernel_ready(q) or self.soft:
+            return False
+        if self.quantized:
+            return (tail_k is None and not torch.is_grad_enabled()
+                    and torch.cuda.get_device_capability(q.device) >= (8, 9))
+        return tail_k is None or not torch.is_grad_enabled()
 
     def video_attention(self, q, k, v, call: AttentionCall, tail_k=None, tail_v=None, tail_mask=None):
         alpha = self.alpha(reference.num_blocks(q.shape[1], self.block_q))
@@ -62,8 +67,12 @@ class SLA2Attention(AttentionMethod):
             pooled_k = self.proj_k(torch.ops.turbo.block_pool(k, self.block_k))
             # softmax(·/√d) is monotone per row: the top-k of the raw scores is the top-k of P_c
             lut, count = topk_lut(torch.matmul(pooled_q, pooled_k.transpose(-1, -2)), self.keep)
-            out, _ = torch.ops.turbo.sla2_forward(q, k, v, lut, count, alpha, self.block_q, self.block_k,
-                                                  q.shape[-1] ** -0.5, tail_k, tail_v, tail_mask)
+            scale = q.shape[-1] ** -0.5
+            if self.quantized:
+                return torch.ops.turbo.sla2_lowbit_forward(q, k, v, lut, count, alpha, self.block_q, self.block_k,
+                                                           scale)[0]
+            out, _ = torch.ops.turbo.sla2_forward(q, k, v, lut, count, alpha, self.block_q, self.block_k, scale,
+                                                  tail_k, tail_v, tail_mask)
             return out
         return reference.sla2_attention(
             q, k, v, self.keep, alpha, block_q=self.block_q, block_k=self.block_k, proj_q=self.proj_q,

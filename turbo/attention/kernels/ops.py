@@ -61,6 +61,23 @@ def _(q, k, v, lut, count, alpha, block_q, block_k, scale, tail_k=None, tail_v=N
     return torch.empty_like(q), q.new_empty((batch, heads, seq_len), dtype=torch.float32)
 
 
+@torch.library.custom_op("turbo::sla2_lowbit_forward", mutates_args=())
+def sla2_lowbit_forward_op(
+    q: Tensor, k: Tensor, v: Tensor, lut: Tensor, count: Tensor, alpha: Tensor, block_q: int, block_k: int,
+    scale: float,
+) -> tuple[Tensor, Tensor]:
+    """SLA2 forward with the INT8 Q·Kᵀ / FP8 P·V sparse branch (inference; QAT training uses the reference)."""
+    from .sla2_lowbit import sla2_lowbit_forward
+
+    return sla2_lowbit_forward(q, k, v, lut, count, alpha, block_q, block_k, scale=scale)
+
+
+@sla2_lowbit_forward_op.register_fake
+def _(q, k, v, lut, count, alpha, block_q, block_k, scale):
+    batch, seq_len, heads, _ = q.shape
+    return torch.empty_like(q), q.new_empty((batch, heads, seq_len), dtype=torch.float32)
+
+
 def _no_tail_backward(tail_k) -> None:
     if tail_k is not None:
         raise NotImplementedError(
