@@ -4,9 +4,6 @@ On CPU the kernels run under TRITON_INTERPRET=1 (tests/conftest.py) with fp32 / 
 the same tests run with bf16 in place of fp16. Inputs are fresh random each run: the seed is in every failure message
 and TURBO_TEST_SEED=<seed> replays it."""
 
-import os
-import secrets
-
 import pytest
 import torch
 
@@ -15,21 +12,9 @@ from turbo.attention.kernels.router import sla_router
 from turbo.attention.kernels.sla2_lowbit import sla2_lowbit_forward
 from turbo.attention.kernels.sla_forward import sla_forward, sla_linear_states
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-HALF = torch.bfloat16 if DEVICE == "cuda" else torch.float16  # the interpreter has no bf16
+from .kernel_env import DEVICE, HALF, fresh_seed, single_thread  # noqa: F401  (autouse fixture)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Tiny shapes: one thread avoids OpenMP spin-waiting on a busy box.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _seed() -> int:
-    return int(os.environ.get("TURBO_TEST_SEED", secrets.randbits(31)))
+_seed = fresh_seed
 
 
 def _inputs(seed, batch, seq_len, heads, dim, dtype, block_q):
