@@ -1,119 +1,319 @@
-"""ToyWorld training recipe: ``python -m pipelines.toyworld train --kind wan-t2v --out DIR --steps N ...``.
+"""ToyWorld recipes: train the VAEs and the three pipelines, and measure their attribute accuracy with the judge.
 
-Trains (or reuses, ``--vae DIR``) the VAE, then the transformer of one pipeline kind, saves the pipeline with
-``checksums.json`` and ``toyworld_recipe.json`` (the exact command, seeds, sizes, device and wall/GPU minutes), and
-prints the command and the wall time. Everything is offline; text/image encoders are frozen random (seeded).
+    python -m pipelines.toyworld vae --family wan --out DIR (--steps N | --minutes M) ...
+    python -m pipelines.toyworld train --kind wan-t2v --vae DIR --out DIR (--steps N | --minutes M) ...
+    python -m pipelines.toyworld accuracy --model DIR --prompts 200 --steps 50 --guidance 5 --json FILE
+    python -m pipelines.toyworld all --out models/toyworld --device cuda --vae-minutes 2 --minutes 5
 
-Example commands. No ToyWorld weights are shipped yet and these step counts are an untested starting point for the
-first GPU run; once models are trained, each directory's ``toyworld_recipe.json`` records what was actually run::
-
-    python -m pipelines.toyworld train --kind wan-t2v --out models/toyworld/wan-t2v --steps 20000 --batch-size 8 \\
-        --vae-steps 4000 --seed 0 --device cuda
-    python -m pipelines.toyworld train --kind wan-i2v --out models/toyworld/wan-i2v --vae models/toyworld/wan-t2v \\
-        --steps 20000 --batch-size 8 --seed 0 --device cuda
-    python -m pipelines.toyworld train --kind hunyuan-t2v --out models/toyworld/hunyuan-t2v --steps 20000 \\
-        --batch-size 8 --vae-steps 4000 --seed 0 --device cuda
+`all` runs the whole recipe on one GPU: both VAEs at once, then the three transformers at once (separate processes:
+the models are small, one alone leaves the GPU mostly idle), then the judge over each pipeline. Each saved directory
+holds ``toyworld_recipe.json`` with the exact command, the steps actually run (with ``--minutes`` the loop fixes its
+step count after timing its first steps; ``reproduce`` is the same command with that ``--steps``), seeds, device and
+wall minutes, and ``checksums.json`` over every file. Everything is offline; text/image encoders are frozen random.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
+import os
 import shlex
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
+
+FAMILIES = {"wan": ("wan-t2v", "wan-i2v"), "hunyuan": ("hunyuan-t2v",)}
+
+
+def _frames(text: str) -> tuple[int, ...]:
+    return tuple(int(f) for f in text.split(","))
+
+
+def _budget(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=None, help="training steps (an upper bound with --minutes)")
+    p.add_argument("--minutes", type=float, default=None, help="train for this wall time (steps fixed after timing)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--schedule", choices=("constant", "cosine"), default="cosine")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--sizes", choices=("default", "tiny"), default="default", help="model sizes (tiny: tests)")
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--log-every", type=int, default=50)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipelines.toyworld", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train one ToyWorld pipeline and save it with checksums")
+
+    v = sub.add_parser("vae", help="train one ToyWorld VAE (wan: AutoencoderKLWan, hunyuan: AutoencoderKLHunyuanVideo)")
+    v.add_argument("--family", required=True, choices=tuple(FAMILIES))
+    v.add_argument("--out", required=True)
+    v.add_argument("--frames", type=int, default=9, help="training clip length (the VAE is causal: short clips do)")
+    _budget(v)
+
+    t = sub.add_parser("train", help="train one ToyWorld pipeline's transformer and save the pipeline with checksums")
     t.add_argument("--kind", required=True, choices=("wan-t2v", "wan-i2v", "hunyuan-t2v"))
     t.add_argument("--out", required=True, help="output directory (diffusers layout + checksums.json)")
-    t.add_argument("--steps", type=int, required=True, help="transformer training steps")
-    t.add_argument("--batch-size", type=int, default=4)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="cpu")
-    t.add_argument("--lr", type=float, default=3e-4)
+    t.add_argument("--vae", default=None, help="trained VAE (a `vae` output or a pipeline dir); else train one here")
+    t.add_argument("--vae-steps", type=int, default=None, help="VAE steps when training one here")
+    t.add_argument("--resume", default=None, help="ToyWorld pipeline dir whose transformer to continue training")
+    t.add_argument("--frames", type=_frames, default=None, help="frame counts, e.g. 33,17 (default: main setting)")
+    t.add_argument("--pool-size", type=int, default=0, help="pre-encoded videos per frame count (0: fresh each step)")
     t.add_argument("--cfg-dropout", type=float, default=0.1)
     t.add_argument("--ema", type=float, default=None, help="EMA decay of the transformer weights (e.g. 0.999)")
     t.add_argument("--timestep-shift", type=float, default=1.0)
-    t.add_argument("--vae", default=None, help="ToyWorld directory whose (trained) VAE to reuse; else train one")
-    t.add_argument("--vae-steps", type=int, default=None, help="VAE steps when training one (default: --steps)")
-    t.add_argument("--vae-batch-size", type=int, default=None)
-    t.add_argument("--vae-lr", type=float, default=1e-3)
-    t.add_argument("--sizes", choices=("default", "tiny"), default="default", help="model sizes (tiny: tests)")
-    t.add_argument("--frames", type=int, default=None, help="training frames (default: the sizes' main setting)")
-    t.add_argument("--height", type=int, default=None)
-    t.add_argument("--width", type=int, default=None)
-    t.add_argument("--log-every", type=int, default=50)
+    t.add_argument("--warmup", type=int, default=100)
+    _budget(t)
+
+    a = sub.add_parser("accuracy", help="judge accuracy of a ToyWorld pipeline on a fixed prompt set")
+    a.add_argument("--model", required=True)
+    a.add_argument("--prompts", type=int, default=200)
+    a.add_argument("--prompt-seed", type=int, default=0)
+    a.add_argument("--steps", type=int, default=50)
+    a.add_argument("--guidance", type=float, nargs="+", default=[5.0], help="one report per CFG scale")
+    a.add_argument("--frames", type=int, default=None)
+    a.add_argument("--height", type=int, default=None)
+    a.add_argument("--width", type=int, default=None)
+    a.add_argument("--batch-size", type=int, default=25)
+    a.add_argument("--device", default="cpu")
+    a.add_argument("--dtype", choices=("stored", "float32"), default="float32",
+                   help="stored: as shipped (bf16 transformer, fp32 VAE; for GPUs); float32: everything fp32")
+    a.add_argument("--json", default=None)
+
+    al = sub.add_parser("all", help="the whole recipe: both VAEs, the three transformers, then their accuracy")
+    al.add_argument("--out", required=True)
+    al.add_argument("--device", default="cuda")
+    al.add_argument("--vae-minutes", type=float, default=2.0)
+    al.add_argument("--minutes", type=float, default=5.0)
+    al.add_argument("--vae-batch-size", type=int, default=4)
+    al.add_argument("--batch-size", type=int, default=32)
+    al.add_argument("--pool-size", type=int, default=2048)
+    al.add_argument("--frames", default="33,17")
+    al.add_argument("--eval-prompts", type=int, default=200)
+    al.add_argument("--guidance", default="5")
+    al.add_argument("--seed", type=int, default=0)
+    al.add_argument("--sizes", choices=("default", "tiny"), default="default")
+    al.add_argument("--extra", default="", help="extra flags for every `train` (quoted)")
+    al.add_argument("--pack", default=None, help="after each stage, tar each new directory (and the logs) into here")
     return parser
 
 
-def train(args) -> dict:
-    from turbo.toyworld.models import ToyWorldSizes, build_pipeline, param_report
-    from turbo.toyworld.train import load_toyworld, save_toyworld, train_pipeline, train_vae
+def _sizes(name: str):
+    from turbo.toyworld.models import ToyWorldSizes
 
-    sizes = ToyWorldSizes.tiny() if args.sizes == "tiny" else ToyWorldSizes()
-    frames, height, width = args.frames or sizes.frames, args.height or sizes.height, args.width or sizes.width
-    device = torch.device(args.device)
-    command = "python -m pipelines.toyworld " + shlex.join(args.argv)
-    start = time.perf_counter()
-    vae_losses: list[float] = []
-    components = {}
-    if args.vae:
-        components["vae"] = load_toyworld(args.vae, dtype=torch.float32).vae
-    pipe = build_pipeline(args.kind, sizes, seed=args.seed, **components)
-    if not args.vae:
-        vae_losses = train_vae(
-            pipe.vae, args.vae_steps if args.vae_steps is not None else args.steps,
-            args.vae_batch_size or args.batch_size, frames, height, width, seed=args.seed, device=device,
-            lr=args.vae_lr, log_every=args.log_every,
-        )  # fmt: skip
-    vae_seconds = time.perf_counter() - start
-    max_len = sizes.hunyuan_max_sequence_length if args.kind == "hunyuan-t2v" else sizes.max_sequence_length
-    losses = train_pipeline(
-        pipe, args.kind, args.steps, batch_size=args.batch_size, frames=frames, height=height, width=width,
-        seed=args.seed, device=device, lr=args.lr, cfg_dropout=args.cfg_dropout, ema_decay=args.ema,
-        timestep_shift=args.timestep_shift, max_sequence_length=max_len, log_every=args.log_every,
-    )  # fmt: skip
-    pipe.to("cpu")
+    return ToyWorldSizes.tiny() if name == "tiny" else ToyWorldSizes()
+
+
+def _reproduce(argv: list[str], steps: int) -> str:
+    """The command with ``--minutes M`` replaced by the ``--steps`` it ran."""
+    out, skip = [], False
+    for i, word in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if word in ("--minutes", "--steps"):
+            skip = i + 1 < len(argv)
+            continue
+        out.append(word)
+    return "python -m pipelines.toyworld " + shlex.join([*out, "--steps", str(steps)])
+
+
+def _recipe(args, sizes, device, start, losses, **extra) -> dict:
     wall = time.perf_counter() - start
-    recipe = {
-        "command": command,
-        "kind": args.kind,
+    tail = losses[-100:]
+    return {
+        "command": "python -m pipelines.toyworld " + shlex.join(args.argv),
+        "reproduce": _reproduce(args.argv, len(losses)),
+        "steps_run": len(losses),
         "seed": args.seed,
-        "steps": args.steps,
         "batch_size": args.batch_size,
-        "frames_height_width": [frames, height, width],
         "sizes": dataclasses.asdict(sizes),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
         "wall_seconds": round(wall, 1),
-        "vae_seconds": round(vae_seconds, 1),
         "gpu_minutes": round(wall / 60, 2) if device.type == "cuda" else 0.0,
-        "final_loss_mean_last_100": sum(losses[-100:]) / max(1, len(losses[-100:])),
-        "vae_final_loss_mean_last_100": sum(vae_losses[-100:]) / max(1, len(vae_losses[-100:])) if vae_losses else None,
-        "vae_from": args.vae,
+        "final_loss_mean_last_100": sum(tail) / max(1, len(tail)),
         "versions": {"torch": torch.__version__, "diffusers": __import__("diffusers").__version__},
+        **extra,
     }
-    save_toyworld(pipe, args.out, recipe=recipe)
-    sizes_mb = sum(mb for _, mb in param_report(pipe).values())
-    print(f"saved {args.kind} to {args.out} ({sizes_mb:.1f} MB of weights, checksums.json written)")
-    print(f"command: {command}")
-    print(f"wall time: {wall:.1f} s ({recipe['gpu_minutes']} GPU minutes) on {recipe['device']}")
+
+
+def cmd_vae(args) -> dict:
+    from turbo.toyworld.models import build_hunyuan_vae, build_vae
+    from turbo.toyworld.train import save_vae, train_vae
+
+    sizes = _sizes(args.sizes)
+    device = torch.device(args.device)
+    height, width = args.height or sizes.height, args.width or sizes.width
+    start = time.perf_counter()
+    vae = (build_vae if args.family == "wan" else build_hunyuan_vae)(sizes, seed=args.seed)
+    losses = train_vae(vae, args.steps, args.batch_size, args.frames, height, width, seed=args.seed, device=device,
+                       lr=args.lr or 1e-3, log_every=args.log_every, minutes=args.minutes, schedule=args.schedule,
+                       calibrate_frames=sizes.frames)
+    vae.to("cpu")
+    recipe = _recipe(args, sizes, device, start, losses, family=args.family, frames=args.frames,
+                     height_width=[height, width])
+    save_vae(vae, args.out, recipe=recipe)
+    print(f"saved the {args.family} VAE to {args.out}: {len(losses)} steps, {recipe['wall_seconds']} s, "
+          f"loss {recipe['final_loss_mean_last_100']:.4f}")
+    print(f"reproduce: {recipe['reproduce']}")
     return recipe
+
+
+def cmd_train(args) -> dict:
+    from turbo.toyworld.models import build_pipeline, param_report
+    from turbo.toyworld.train import load_toyworld, load_vae, save_toyworld, train_pipeline, train_vae
+
+    sizes = _sizes(args.sizes)
+    frames = args.frames or (sizes.frames,)
+    height, width = args.height or sizes.height, args.width or sizes.width
+    device = torch.device(args.device)
+    start = time.perf_counter()
+    components = {}
+    if args.vae:
+        components["vae"] = load_vae(args.vae)
+    if args.resume:
+        components["transformer"] = load_toyworld(args.resume, dtype=torch.float32).transformer
+    pipe = build_pipeline(args.kind, sizes, seed=args.seed, **components)
+    vae_losses: list[float] = []
+    if not args.vae:
+        vae_losses = train_vae(pipe.vae, args.vae_steps or args.steps or 100, args.batch_size, frames[0], height,
+                               width, seed=args.seed, device=device, log_every=args.log_every)
+    max_len = sizes.hunyuan_max_sequence_length if args.kind == "hunyuan-t2v" else sizes.max_sequence_length
+    losses = train_pipeline(
+        pipe, args.kind, args.steps, batch_size=args.batch_size, frames=frames, height=height, width=width,
+        seed=args.seed, device=device, lr=args.lr or 3e-4, cfg_dropout=args.cfg_dropout, ema_decay=args.ema,
+        timestep_shift=args.timestep_shift, max_sequence_length=max_len, log_every=args.log_every,
+        pool_size=args.pool_size, minutes=args.minutes, schedule=args.schedule, warmup=args.warmup,
+    )  # fmt: skip
+    pipe.to("cpu")
+    recipe = _recipe(args, sizes, device, start, losses, kind=args.kind, frames=list(frames),
+                     height_width=[height, width], vae_from=args.vae, resumed_from=args.resume,
+                     vae_steps_here=len(vae_losses))
+    save_toyworld(pipe, args.out, recipe=recipe)
+    megabytes = sum(mb for _, mb in param_report(pipe).values())
+    print(f"saved {args.kind} to {args.out} ({megabytes:.1f} MB of weights, checksums.json written)")
+    print(f"command: {recipe['command']}")
+    print(f"reproduce: {recipe['reproduce']}")
+    print(f"wall time: {recipe['wall_seconds']:.1f} s ({recipe['gpu_minutes']} GPU minutes) on {recipe['device']}")
+    return recipe
+
+
+def cmd_accuracy(args) -> list[dict]:
+    from turbo.eval.harness import judge_prompts, prompt_set
+    from turbo.toyworld.models import sampling_kwargs
+    from turbo.toyworld.train import load_toyworld
+
+    recipe_path = Path(args.model) / "toyworld_recipe.json"
+    recipe = json.loads(recipe_path.read_text()) if recipe_path.is_file() else {}
+    sizes = recipe.get("sizes", {})
+    pipe = load_toyworld(args.model, dtype=None if args.dtype == "stored" else torch.float32, device=args.device)
+    prompts = prompt_set(args.prompts, args.prompt_seed)
+    reports = []
+    for guidance in args.guidance:
+        kwargs = {
+            "height": args.height or sizes.get("height", 256),
+            "width": args.width or sizes.get("width", 256),
+            "num_frames": args.frames or sizes.get("frames", 33),
+            "num_inference_steps": args.steps,
+            **sampling_kwargs(pipe, guidance),
+        }
+        report = judge_prompts(pipe, prompts, kwargs, "dense", batch_size=args.batch_size)
+        out = {"model": args.model, "guidance": guidance, "device": str(args.device), "dtype": args.dtype,
+               "command": "python -m pipelines.toyworld " + shlex.join(args.argv), **report.to_dict()}
+        reports.append(out)
+        print(f"{args.model} ({type(pipe).__name__}), CFG {guidance}, {args.steps} steps:")
+        print(report.markdown())
+    if args.json:
+        Path(args.json).write_text(json.dumps(reports, indent=1) + "\n")
+    return reports
+
+
+def _spawn(argv: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    print("$ python -m pipelines.toyworld " + shlex.join(argv), flush=True)
+    return subprocess.Popen([sys.executable, "-m", "pipelines.toyworld", *argv], stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, env=env)
+
+
+def _wait(jobs: dict[str, tuple[subprocess.Popen, Path]]) -> None:
+    failed = []
+    for name, (proc, log) in jobs.items():
+        if proc.wait() != 0:
+            failed.append(name)
+        print(f"--- {name} (exit {proc.returncode}), last lines of {log}:")
+        print("\n".join(log.read_text().splitlines()[-6:]), flush=True)
+    if failed:
+        raise SystemExit(f"toyworld all: {', '.join(failed)} failed; see the logs above")
+
+
+def _pack(out: Path, names: list[str], pack: str | None) -> None:
+    """Tar each finished directory ``out/NAME`` to ``pack/NAME.tar`` and the logs + accuracy JSONs to ``logs.tar``."""
+    if not pack:
+        return
+    import tarfile
+
+    Path(pack).mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if (out / name).is_dir():
+            with tarfile.open(Path(pack) / f"{name}.tar", "w") as tar:
+                tar.add(out / name, arcname=name)
+    with tarfile.open(Path(pack) / "logs.tar", "w") as tar:
+        tar.add(out / "logs", arcname="logs")
+        for f in out.glob("*.json"):
+            tar.add(f, arcname=f.name)
+
+
+def cmd_all(args) -> int:
+    out = Path(args.out)
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    common = ["--device", args.device, "--seed", str(args.seed), "--sizes", args.sizes]
+    start = time.perf_counter()
+    jobs = {}
+    for family in FAMILIES:
+        argv = ["vae", "--family", family, "--out", str(out / f"vae-{family}"), "--minutes", str(args.vae_minutes),
+                "--batch-size", str(args.vae_batch_size), *common]
+        jobs[f"vae-{family}"] = (_spawn(argv, logs / f"vae-{family}.log"), logs / f"vae-{family}.log")
+    _wait(jobs)
+    _pack(out, [f"vae-{family}" for family in FAMILIES], args.pack)
+    jobs = {}
+    for family, kinds in FAMILIES.items():
+        for kind in kinds:
+            argv = ["train", "--kind", kind, "--vae", str(out / f"vae-{family}"), "--out", str(out / kind),
+                    "--minutes", str(args.minutes), "--batch-size", str(args.batch_size), "--frames", args.frames,
+                    "--pool-size", str(args.pool_size), *common, *shlex.split(args.extra)]
+            jobs[kind] = (_spawn(argv, logs / f"{kind}.log"), logs / f"{kind}.log")
+    _wait(jobs)
+    _pack(out, [kind for kinds in FAMILIES.values() for kind in kinds], args.pack)
+    jobs = {}
+    for kinds in FAMILIES.values():
+        for kind in kinds:
+            argv = ["accuracy", "--model", str(out / kind), "--prompts", str(args.eval_prompts), "--device",
+                    args.device, "--guidance", *args.guidance.split(","), "--json", str(out / f"{kind}.accuracy.json")]
+            if args.device != "cpu":
+                argv += ["--dtype", "stored"]
+            jobs[f"accuracy {kind}"] = (_spawn(argv, logs / f"{kind}.accuracy.log"), logs / f"{kind}.accuracy.log")
+    _wait(jobs)
+    _pack(out, [], args.pack)
+    print(f"toyworld all: done in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     args.argv = argv
+    if args.command in ("vae", "train") and args.steps is None and args.minutes is None:
+        raise SystemExit(f"toyworld {args.command}: give --steps or --minutes")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if args.command == "train":
-        train(args)
+    {"vae": cmd_vae, "train": cmd_train, "accuracy": cmd_accuracy, "all": cmd_all}[args.command](args)
     return 0
 
 

@@ -25,7 +25,7 @@ import torch
 from turbo.eval.judge import ATTRIBUTES, JudgeResult, aggregate, judge
 from turbo.eval.metrics import psnr, ssim, temporal_flicker
 
-__all__ = ["EvalRow", "EvalTable", "describe_config", "evaluate", "prompt_set"]
+__all__ = ["AccuracyReport", "EvalRow", "EvalTable", "describe_config", "evaluate", "judge_prompts", "prompt_set"]
 
 ACCURACY_KEYS = (*ATTRIBUTES, "background", "all")
 
@@ -343,3 +343,98 @@ def evaluate(pipe, reference, candidate, prompts, call_kwargs: dict | None = Non
     finally:
         pipe._progress_bar_config = saved_bar
     return table
+
+
+# ------------------------------------------------------------------------------------------------ accuracy alone
+
+
+@dataclass
+class AccuracyReport:
+    """Judge accuracy of one config over a prompt set (`judge_prompts`); `to_dict()` is JSON-safe."""
+
+    config: str
+    call_kwargs: dict[str, Any]
+    prompts: list[tuple[str, int]]
+    results: list[JudgeResult] = field(repr=False)
+    seconds: float
+    flicker: float
+
+    def accuracy(self) -> dict[str, float]:
+        return aggregate(self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        kwargs = {k: v for k, v in self.call_kwargs.items() if isinstance(v, (str, int, float, bool, type(None)))}
+        return _json_safe({
+            "config": self.config,
+            "call_kwargs": kwargs,
+            "prompts": len(self.prompts),
+            "accuracy": self.accuracy(),
+            "seconds_per_video": self.seconds / max(1, len(self.prompts)),
+            "flicker": self.flicker,
+            "rows": [{"prompt": p, "seed": s, "accuracy": r.accuracy()}
+                     for (p, s), r in zip(self.prompts, self.results, strict=True)],
+        })
+
+    def markdown(self) -> str:
+        acc = self.accuracy()
+        head = " | ".join(ACCURACY_KEYS)
+        values = " | ".join(f"{acc[k]:.3f}" for k in ACCURACY_KEYS)
+        return (f"{len(self.prompts)} prompts, {self.config}\n\n| {head} | s / video |\n|"
+                + "---|" * (len(ACCURACY_KEYS) + 1) + f"\n| {values} | {self.seconds / max(1, len(self.prompts)):.3f} |")
+
+    def __str__(self) -> str:
+        return self.markdown()
+
+
+def judge_prompts(pipe, prompts, call_kwargs: dict | None = None, config="dense", batch_size: int = 16,
+                  progress: bool = True) -> AccuracyReport:
+    """Generate every (prompt, seed) under one config, in batches, and judge each video against its prompt.
+
+    The same videos as `evaluate` would make for that config (each sample's noise comes from its own CPU generator
+    seeded with its seed, so batching changes nothing but speed). Image-to-video pipelines run one video at a time
+    (diffusers' Wan I2V pipeline repeats one image over the batch). For HunyuanVideo pass ``negative_prompt`` as a
+    string: it is repeated to the batch here. Returns an `AccuracyReport` (accuracy per attribute, s / video).
+    """
+    from tqdm.auto import tqdm
+
+    import turbo
+
+    config = _as_config(config)
+    kwargs = {k: v for k, v in dict(call_kwargs or {}).items() if k not in ("prompt", "generator")}
+    kwargs["output_type"] = "np"
+    prompts = [(str(p), int(s)) for p, s in prompts]
+    image_to_video = "ImageToVideo" in type(pipe).__name__
+    if image_to_video and ("height" not in kwargs or "width" not in kwargs):
+        raise ValueError("image-to-video eval needs height and width in call_kwargs (the first frame is rendered)")
+    step = 1 if image_to_video else max(1, int(batch_size))
+    results: list[JudgeResult] = []
+    flicker: list[float] = []
+    saved_bar = dict(getattr(pipe, "_progress_bar_config", {}) or {})
+    pipe.set_progress_bar_config(**{**saved_bar, "disable": True})
+    turbo.accelerate(pipe, config)
+    elapsed = 0.0
+    try:
+        for start in tqdm(range(0, len(prompts), step), desc="judge", unit="batch", disable=not progress):
+            chunk = prompts[start:start + step]
+            run = {**kwargs, "prompt": [p for p, _ in chunk]}
+            if isinstance(kwargs.get("negative_prompt"), str):
+                run["negative_prompt"] = [kwargs["negative_prompt"]] * len(chunk)
+            if image_to_video:
+                run["prompt"] = chunk[0][0]
+                run["image"] = first_frame(chunk[0][0], chunk[0][1], kwargs["height"], kwargs["width"],
+                                           kwargs.get("num_frames", 17))
+            generators = [torch.Generator(device="cpu").manual_seed(s) for _, s in chunk]
+            _synchronize()
+            t0 = time.perf_counter()
+            videos = pipe(**run, generator=generators if len(chunk) > 1 else generators[0]).frames
+            _synchronize()
+            elapsed += time.perf_counter() - t0
+            for (prompt, _), video in zip(chunk, videos, strict=True):
+                video = np.asarray(video.detach().cpu().float().numpy() if hasattr(video, "detach") else video,
+                                   dtype=np.float32)
+                results.append(judge(video, prompt))
+                flicker.append(temporal_flicker(video))
+    finally:
+        turbo.restore(pipe)
+        pipe._progress_bar_config = saved_bar
+    return AccuracyReport(describe_config(config), kwargs, prompts, results, elapsed, _mean(flicker))

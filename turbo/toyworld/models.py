@@ -50,6 +50,7 @@ __all__ = [
     "build_vae",
     "build_wan_transformer",
     "param_report",
+    "sampling_kwargs",
     "video_tokens",
 ]
 
@@ -413,3 +414,16 @@ def param_report(pipe) -> dict[str, tuple[int, float]]:
             n = sum(p.numel() for p in module.parameters())
             out[name] = (n, n * (2 if name in _BF16_COMPONENTS else 4) / 1e6)
     return out
+
+
+def sampling_kwargs(pipe, guidance_scale: float = 5.0) -> dict:
+    """Call arguments that give classifier-free guidance of `guidance_scale` on a ToyWorld pipeline.
+
+    Wan: ``guidance_scale`` (the empty negative prompt is the pipeline's default). HunyuanVideo (no guidance
+    embedding): ``true_cfg_scale`` with an empty ``negative_prompt`` and the plain prompt template training used
+    (`HUNYUAN_PROMPT_TEMPLATE`).
+    """
+    if type(pipe).__name__.startswith("HunyuanVideo"):
+        return {"prompt_template": dict(HUNYUAN_PROMPT_TEMPLATE), "true_cfg_scale": float(guidance_scale),
+                "negative_prompt": ""}
+    return {"guidance_scale": float(guidance_scale)}

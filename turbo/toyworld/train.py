@@ -32,13 +32,16 @@ from turbo.toyworld.videos import sample_videos
 
 __all__ = [
     "CHECKSUMS_FILE",
+    "StepPlan",
     "ToyWorldWeightsError",
     "calibrate_vae",
     "denormalize_latents",
     "encode_latents",
     "load_toyworld",
     "normalize_latents",
+    "load_vae",
     "save_toyworld",
+    "save_vae",
     "train_pipeline",
     "train_transformer",
     "train_vae",
@@ -104,32 +107,107 @@ class _EMA:
                 p.copy_(self.shadow[n])
 
 
-def _optimizer(module, lr, weight_decay, steps, warmup):
+class StepPlan:
+    """How many steps a loop runs: a fixed count, or as many as fit in `minutes` of wall time.
+
+    With `minutes`, the loop runs `probe` steps, measures the time per step over the last ``probe // 2`` of them and
+    then fixes ``total`` (at most `max_steps` when given). The learning-rate schedule reads ``total`` lazily, so a
+    cosine decay ends exactly at the last step either way; `stop(step)` says when to leave the loop.
+    """
+
+    def __init__(self, steps: int | None, minutes: float | None = None, probe: int = 30):
+        if steps is None and minutes is None:
+            raise ValueError("give steps, minutes or both")
+        if steps is not None and steps < 0:
+            raise ValueError(f"steps must be >= 0, got {steps}")
+        if minutes is not None and minutes <= 0:
+            raise ValueError(f"minutes must be > 0, got {minutes}")
+        self.max_steps, self.minutes, self.probe = steps, minutes, max(4, probe)
+        self.total = steps if minutes is None else (steps or 10**9)
+        self._times: list[float] = []
+        self._start = None
+
+    def stop(self, step: int) -> bool:
+        import time
+
+        now = time.perf_counter()
+        if self._start is None:
+            self._start = now
+        if self.minutes is not None and step <= self.probe:
+            self._times.append(now)
+            if step == self.probe:
+                half = self._times[self.probe // 2:]
+                per_step = (half[-1] - half[0]) / max(1, len(half) - 1)
+                budget = self.minutes * 60.0 - (now - self._start)
+                fit = self.probe + int(budget / max(per_step, 1e-6))
+                self.total = max(self.probe, fit if self.max_steps is None else min(fit, self.max_steps))
+        return step >= self.total
+
+
+def _optimizer(module, lr, weight_decay, plan: StepPlan, warmup, schedule: str = "constant", min_lr: float = 0.1):
+    """AdamW with a linear warm-up, then a constant rate or a cosine decay to ``min_lr * lr`` at ``plan.total``."""
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay)
-    warmup = max(0, min(warmup, steps // 10))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    warmup = max(0, warmup if plan.max_steps is None else min(warmup, plan.max_steps // 10))
+
+    def factor(s: int) -> float:
+        if warmup and s < warmup:
+            return (s + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        span = max(1, plan.total - warmup)
+        progress = min(1.0, (s - warmup) / span)
+        return min_lr + (1 - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     return params, opt, sched
 
 
-def _progress(steps: int, desc: str, show: bool | None):
+def _progress(plan: StepPlan, desc: str, show: bool | None):
+    """A tqdm bar over the steps of `plan` (its total is refreshed once a time budget fixes it)."""
+    import itertools
+
     from tqdm.auto import tqdm
 
-    return tqdm(range(steps), desc=desc, disable=(not show) if show is not None else None, leave=False)
+    bar = tqdm(total=plan.total if plan.minutes is None else None, desc=desc, leave=False,
+               disable=(not show) if show is not None else None)
+    for step in itertools.count():
+        if plan.stop(step):
+            break
+        if plan.minutes is not None and bar.total != plan.total and step == plan.probe:
+            bar.total = plan.total
+            bar.refresh()
+        yield step
+        bar.update(1)
+    bar.close()
 
 
-def _log(name: str, step: int, steps: int, losses: list[float], log_every: int, bar) -> None:
-    if bar is not None and hasattr(bar, "set_postfix"):
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
-    if log_every and ((step + 1) % log_every == 0 or step + 1 == steps):
-        window = losses[-log_every:]
-        logger.info("%s step %d/%d loss %.5f (mean of last %d: %.5f)", name, step + 1, steps, losses[-1], len(window),
-                    sum(window) / len(window))
+def _log(name: str, step: int, plan: StepPlan, losses: list, log_every: int) -> None:
+    """Every `log_every` steps: check the losses since the last check are finite (one GPU sync) and log their mean.
+
+    `losses` holds detached 0-d tensors (no per-step synchronisation); they are checked and logged in windows.
+    """
+    if not log_every or (step + 1) % log_every:
+        return
+    window = torch.stack(losses[-log_every:]).float().cpu()
+    if not torch.isfinite(window).all():
+        bad = int((~torch.isfinite(window)).nonzero()[0]) + step + 1 - len(window)
+        raise FloatingPointError(f"{name}: loss became {float(window[bad - step - 1 + len(window)])} at step {bad}; "
+                                 "lower the learning rate")
+    total = "?" if plan.minutes is not None and step < plan.probe else plan.total
+    logger.info("%s step %d/%s loss %.5f (mean of last %d: %.5f)", name, step + 1, total, float(window[-1]),
+                len(window), float(window.mean()))
 
 
-def _finite(loss: torch.Tensor, name: str, step: int) -> None:
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"{name}: loss became {loss.item()} at step {step}; lower the learning rate")
+def _finish(name: str, losses: list) -> list[float]:
+    """Loss tensors -> floats; raises FloatingPointError if any is not finite."""
+    values = torch.stack(losses).float().cpu().tolist() if losses else []
+    for step, value in enumerate(values):
+        if not math.isfinite(value):
+            raise FloatingPointError(f"{name}: loss became {value} at step {step}; lower the learning rate")
+    return values
 
 
 # ---------------------------------------------------------------------------------------------------------------- VAE
@@ -171,8 +249,8 @@ def _vae_step_loss(vae, x: torch.Tensor, kl_weight: float, generator: torch.Gene
     return F.l1_loss(rec.float(), x.float()) + kl_weight * kl
 
 
-def _optimizer_step(loss, opt, sched, params, grad_clip, ema, model) -> float:
-    """One update: backward, optional gradient clipping, optimizer and schedule step, EMA. Returns the loss value."""
+def _optimizer_step(loss, opt, sched, params, grad_clip, ema, model) -> torch.Tensor:
+    """One update: backward, optional gradient clipping, optimizer and schedule step, EMA. Returns the detached loss."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip:
@@ -181,12 +259,12 @@ def _optimizer_step(loss, opt, sched, params, grad_clip, ema, model) -> float:
     sched.step()
     if ema is not None:
         ema.update(model)
-    return float(loss.detach())
+    return loss.detach()
 
 
 def train_vae(
     vae,
-    steps: int,
+    steps: int | None,
     batch_size: int = 2,
     frames: int = 33,
     height: int = 256,
@@ -204,10 +282,15 @@ def train_vae(
     fixed_batch: bool = False,
     calibrate: bool = True,
     calibrate_count: int = 16,
+    calibrate_frames: int | None = None,
+    minutes: float | None = None,
+    schedule: str = "constant",
     show_progress: bool | None = None,
 ) -> list[float]:
     """Train `vae` (AutoencoderKLWan or AutoencoderKLHunyuanVideo) in place; returns the loss of every step.
 
+    `steps` steps, or with `minutes` as many as fit in that wall time (at most `steps` when also given; see
+    `StepPlan`); `schedule` "cosine" decays the learning rate to a tenth at the last step.
     Batches are fresh `sample_videos` draws (seed derived from `seed` and the step); with `fixed_batch` every step
     sees the same batch and the same posterior noise (an overfit check). The VAE trains in fp32 (also on CUDA: the
     Wan causal convolutions are small and bf16 hurts reconstruction). Afterwards `calibrate_vae` sets the latent
@@ -217,23 +300,24 @@ def train_vae(
     device = torch.device(device)
     torch.manual_seed(seed)
     _to_fp32(vae.to(device)).train()
-    params, opt, sched = _optimizer(vae, lr, weight_decay, steps, warmup)
+    plan = StepPlan(steps, minutes)
+    params, opt, sched = _optimizer(vae, lr, weight_decay, plan, warmup, schedule)
     ema = _EMA(vae, ema_decay) if ema_decay else None
-    losses: list[float] = []
-    bar = _progress(steps, "vae", show_progress)
-    for step in bar:
+    losses: list[torch.Tensor] = []
+    for step in _progress(plan, "vae", show_progress):
         x, _ = _videos(_step_seed(seed, step, fixed_batch), batch_size, frames, height, width, device)
         gen = torch.Generator().manual_seed(_step_seed(seed + 17, step, fixed_batch))
         loss = _vae_step_loss(vae, x, kl_weight, gen)
-        _finite(loss, "train_vae", step)
         losses.append(_optimizer_step(loss, opt, sched, params, grad_clip, ema, vae))
-        _log("vae", step, steps, losses, log_every, bar)
+        _log("vae", step, plan, losses, log_every)
+    values = _finish("train_vae", losses)
     if ema is not None:
         ema.copy_to(vae)
     vae.eval()
     if calibrate:
-        calibrate_vae(vae, calibrate_count, frames=frames, height=height, width=width, seed=seed + 1, device=device)
-    return losses
+        calibrate_vae(vae, calibrate_count, frames=calibrate_frames or frames, height=height, width=width,
+                      seed=seed + 1, device=device)
+    return values
 
 
 @torch.no_grad()
@@ -314,16 +398,50 @@ def _sample_t(generator: torch.Generator, n: int, mean: float, std: float, shift
     return t.clamp(1e-4, 1 - 1e-4)
 
 
-def _flow_batch(kind, s, batch_size, frames, height, width, cfg_dropout, timestep_shift, logit_mean, logit_std,
-            max_len, device, vae, tokenizer, text_encoder, tokenizer_2, text_encoder_2, image_encoder,
-            image_processor):
-    """(x_t [with the I2V condition channels], 1000 t, target eps - x0, transformer kwargs) of one training batch."""
-    gen = torch.Generator().manual_seed(s + 31)
+@torch.no_grad()
+def _clean_batch(kind, s, batch_size, frames, height, width, device, vae, image_encoder, image_processor) -> dict:
+    """Fresh videos of seed `s` as the transformer sees them: normalised latents ``x0``, ``captions`` and for wan-i2v
+    the first-frame ``condition`` channels and CLIP ``image_embeds``."""
     x, captions = _videos(s, batch_size, frames, height, width, device)
+    clean = {"x0": encode_latents(vae, x), "captions": list(captions)}
+    if kind == "wan-i2v":
+        clean["condition"], first_u8 = _first_frame_condition(vae, x)
+        clean["image_embeds"] = _image_embeds(image_encoder, image_processor, first_u8, device)
+    return clean
+
+
+def _latent_pool(kind, seed, size, chunk, frames, height, width, device, vae, image_encoder, image_processor) -> dict:
+    """`size` clean samples (`_clean_batch` in chunks of `chunk`), tensors stored in bf16 on `device` to save memory."""
+    parts = [
+        _clean_batch(kind, seed * 7_777 + 500_000 + i, min(chunk, size - i), frames, height, width, device, vae,
+                     image_encoder, image_processor)
+        for i in range(0, size, chunk)
+    ]
+    pool: dict = {"captions": [c for p in parts for c in p["captions"]]}
+    for key in parts[0]:
+        if key != "captions":
+            pool[key] = torch.cat([p[key] for p in parts]).to(torch.bfloat16)
+    return pool
+
+
+def _take(pool: dict, index: torch.Tensor) -> dict:
+    picked = {k: v[index.to(v.device)].float() for k, v in pool.items() if k != "captions"}
+    picked["captions"] = [pool["captions"][i] for i in index.tolist()]
+    return picked
+
+
+def _flow_batch(kind, clean, gen, cfg_dropout, timestep_shift, logit_mean, logit_std, max_len, device, tokenizer,
+                text_encoder, tokenizer_2, text_encoder_2):
+    """(x_t [with the I2V condition channels], 1000 t, target eps - x0, transformer kwargs) of one training batch.
+
+    Captions are dropped to the empty prompt with probability `cfg_dropout` (the I2V image condition is kept, as the
+    pipeline's negative branch keeps it); noise and t come from the CPU generator `gen`.
+    """
+    x0 = clean["x0"]
+    batch_size = x0.shape[0]
     drop = torch.rand(batch_size, generator=gen) < cfg_dropout
-    captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
+    captions = ["" if d else c for c, d in zip(clean["captions"], drop.tolist(), strict=True)]
     cond = _text_condition(kind, captions, tokenizer, text_encoder, tokenizer_2, text_encoder_2, max_len, device)
-    x0 = encode_latents(vae, x)
     noise = torch.randn(x0.shape, generator=gen).to(device)
     t = _sample_t(gen, batch_size, logit_mean, logit_std, timestep_shift).to(device)
     tt = t.view(-1, 1, 1, 1, 1)
@@ -331,9 +449,8 @@ def _flow_batch(kind, s, batch_size, frames, height, width, cfg_dropout, timeste
     target = noise - x0
     timestep = 1000.0 * t
     if kind == "wan-i2v":
-        condition, first_u8 = _first_frame_condition(vae, x)
-        cond["encoder_hidden_states_image"] = _image_embeds(image_encoder, image_processor, first_u8, device)
-        xt = torch.cat([xt, condition], dim=1)
+        cond["encoder_hidden_states_image"] = clean["image_embeds"]
+        xt = torch.cat([xt, clean["condition"]], dim=1)
     if kind == "hunyuan-t2v":
         cond["guidance"] = torch.full((batch_size,), 1000.0, device=device)  # ignored: guidance_embeds=False
     return xt, timestep, target, cond
@@ -345,9 +462,9 @@ def train_transformer(
     text_encoder,
     tokenizer,
     kind: str,
-    steps: int,
+    steps: int | None,
     batch_size: int = 2,
-    frames: int = 33,
+    frames: int | tuple[int, ...] = 33,
     height: int = 256,
     width: int = 256,
     seed: int = 0,
@@ -369,6 +486,9 @@ def train_transformer(
     logit_std: float = 1.0,
     log_every: int = 50,
     fixed_batch: bool = False,
+    pool_size: int = 0,
+    minutes: float | None = None,
+    schedule: str = "constant",
     show_progress: bool | None = None,
 ) -> list[float]:
     """Train `transformer` in place with rectified flow matching; returns the loss of every step.
@@ -378,6 +498,10 @@ def train_transformer(
     text/image encoders are frozen. `max_sequence_length` defaults to the pipelines' (Wan 512, Hunyuan 256): the Wan
     transformers cross-attend to the zero-padded positions too, so training must pad as sampling does.
 
+    `frames` may be a tuple of frame counts (step k uses ``frames[k % len(frames)]``), so one model serves both the
+    evaluation and the demo clip length. With `pool_size` > 0 the VAE encodes `pool_size` videos per frame count once
+    and each step draws its batch from that pool (fresh caption dropout, noise and t every step): the VAE encoder then
+    costs nothing per step. `steps`, `minutes` and `schedule` work as in `train_vae`.
     With `fixed_batch` every step uses the same videos, captions, caption dropout, noise and t (an overfit check).
     """
     from turbo.toyworld.models import KINDS
@@ -388,7 +512,9 @@ def train_transformer(
         raise ValueError("train_transformer(kind='wan-i2v') needs image_encoder and image_processor")
     if kind == "hunyuan-t2v" and text_encoder_2 is None:
         raise ValueError("train_transformer(kind='hunyuan-t2v') needs text_encoder_2 (the CLIP text model)")
-    _check_shape(frames, height, width)
+    frame_counts = (frames,) if isinstance(frames, int) else tuple(frames)
+    for f in frame_counts:
+        _check_shape(f, height, width)
     tokenizer_2 = tokenizer_2 or tokenizer
     max_len = max_sequence_length or (256 if kind == "hunyuan-t2v" else 512)
     device = torch.device(device)
@@ -396,32 +522,42 @@ def train_transformer(
     for module in (vae, text_encoder, text_encoder_2, image_encoder):
         if module is not None:
             module.to(device).eval().requires_grad_(False)
+    encoders = (vae, image_encoder, image_processor)
+    pools = {}
+    if pool_size and not fixed_batch:
+        for i, f in enumerate(frame_counts):
+            pools[f] = _latent_pool(kind, seed + 101 * i, pool_size, batch_size, f, height, width, device, *encoders)
+        logger.info("%s: latent pool of %d videos per frame count %s ready", kind, pool_size, frame_counts)
     _to_fp32(transformer.to(device)).train()
-    params, opt, sched = _optimizer(transformer, lr, weight_decay, steps, warmup)
+    plan = StepPlan(steps, minutes)
+    params, opt, sched = _optimizer(transformer, lr, weight_decay, plan, warmup, schedule)
     ema = _EMA(transformer, ema_decay) if ema_decay else None
-    losses: list[float] = []
-    bar = _progress(steps, kind, show_progress)
+    losses: list[torch.Tensor] = []
     cached = None
-    for step in bar:
+    for step in _progress(plan, kind, show_progress):
+        f = frame_counts[step % len(frame_counts)]
+        s = _step_seed(seed, step, fixed_batch)
+        gen = torch.Generator().manual_seed(s + 31)
         if cached is None:
-            cached = _flow_batch(
-                kind, _step_seed(seed, step, fixed_batch), batch_size, frames, height, width, cfg_dropout,
-                timestep_shift, logit_mean, logit_std, max_len, device, vae, tokenizer, text_encoder, tokenizer_2,
-                text_encoder_2, image_encoder, image_processor,
-            )
+            if f in pools:
+                clean = _take(pools[f], torch.randint(pool_size, (batch_size,), generator=gen))
+            else:
+                clean = _clean_batch(kind, s, batch_size, f, height, width, device, *encoders)
+            cached = _flow_batch(kind, clean, gen, cfg_dropout, timestep_shift, logit_mean, logit_std, max_len,
+                                 device, tokenizer, text_encoder, tokenizer_2, text_encoder_2)
         xt, timestep, target, cond = cached
         if not fixed_batch:
             cached = None
         with _autocast(device):
             pred = transformer(hidden_states=xt, timestep=timestep, return_dict=False, **cond)[0]
         loss = F.mse_loss(pred.float(), target.float())
-        _finite(loss, f"train_transformer({kind})", step)
         losses.append(_optimizer_step(loss, opt, sched, params, grad_clip, ema, transformer))
-        _log(kind, step, steps, losses, log_every, bar)
+        _log(kind, step, plan, losses, log_every)
+    values = _finish(f"train_transformer({kind})", losses)
     if ema is not None:
         ema.copy_to(transformer)
     transformer.eval()
-    return losses
+    return values
 
 
 def train_pipeline(pipe, kind: str, steps: int, **kwargs) -> list[float]:
@@ -473,6 +609,11 @@ def save_toyworld(pipe, directory, dtype: torch.dtype | None = torch.bfloat16, r
             if isinstance(module, torch.nn.Module) and name in ("transformer", "transformer_2"):
                 _cast_module(module, dtype)
     pipe.save_pretrained(directory, safe_serialization=True)
+    return _seal(directory, recipe)
+
+
+def _seal(directory: Path, recipe: dict | None) -> dict:
+    """Write the recipe (if any) and ``checksums.json`` over every other file of `directory`."""
     if recipe is not None:
         (directory / RECIPE_FILE).write_text(json.dumps(recipe, indent=2, sort_keys=True) + "\n")
     sums = {
@@ -482,6 +623,32 @@ def save_toyworld(pipe, directory, dtype: torch.dtype | None = torch.bfloat16, r
     }
     (directory / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=2, sort_keys=True) + "\n")
     return sums
+
+
+def save_vae(vae, directory, recipe: dict | None = None) -> dict:
+    """A trained VAE alone (fp32 safetensors) + ``checksums.json``, for `load_vae` (the three pipelines share two)."""
+    directory = Path(directory)
+    vae.save_pretrained(directory, safe_serialization=True)
+    return _seal(directory, recipe)
+
+
+def load_vae(directory):
+    """The fp32 VAE of a `save_vae` directory or of a ToyWorld pipeline directory (its ``vae/``), checksums verified."""
+    import diffusers
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ToyWorldWeightsError(f"{directory}: no such ToyWorld VAE or pipeline directory")
+    verify_checksums(directory)
+    sub = directory / "vae" if (directory / "vae").is_dir() else directory
+    class_name = json.loads((sub / "config.json").read_text())["_class_name"]
+    if not class_name.startswith("AutoencoderKL"):
+        raise ToyWorldWeightsError(f"{sub / 'config.json'}: {class_name} is not a VAE")
+    vae = getattr(diffusers, class_name).from_pretrained(os.fspath(sub), torch_dtype=torch.float32,
+                                                          local_files_only=True)
+    for tensor in list(vae.parameters()) + list(vae.buffers()):
+        tensor.data = tensor.data.clone()
+    return vae.eval()
 
 
 def verify_checksums(directory) -> dict:
