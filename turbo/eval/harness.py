@@ -379,8 +379,9 @@ class AccuracyReport:
         acc = self.accuracy()
         head = " | ".join(ACCURACY_KEYS)
         values = " | ".join(f"{acc[k]:.3f}" for k in ACCURACY_KEYS)
+        per_video = self.seconds / max(1, len(self.prompts))
         return (f"{len(self.prompts)} prompts, {self.config}\n\n| {head} | s / video |\n|"
-                + "---|" * (len(ACCURACY_KEYS) + 1) + f"\n| {values} | {self.seconds / max(1, len(self.prompts)):.3f} |")
+                + "---|" * (len(ACCURACY_KEYS) + 1) + f"\n| {values} | {per_video:.3f} |")
 
     def __str__(self) -> str:
         return self.markdown()
