@@ -56,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--family", required=True, choices=tuple(FAMILIES))
     v.add_argument("--out", required=True)
     v.add_argument("--frames", type=int, default=9, help="training clip length (the VAE is causal: short clips do)")
+    v.add_argument("--crop", type=int, default=128, help="train on random square crops of this side (0: full frames)")
+    v.add_argument("--fg-weight", type=float, default=10.0, help="extra loss weight on object pixels")
+    v.add_argument("--sample-scale", type=float, default=0.0, help="posterior noise scale (0: plain autoencoder)")
+    v.add_argument("--check", type=int, default=8, help="videos in the reconstruction check (0: skip)")
     _budget(v)
 
     t = sub.add_parser("train", help="train one ToyWorld pipeline's transformer and save the pipeline with checksums")
@@ -96,11 +100,13 @@ def _parser() -> argparse.ArgumentParser:
     al.add_argument("--batch-size", type=int, default=32)
     al.add_argument("--pool-size", type=int, default=2048)
     al.add_argument("--frames", default="33,17")
-    al.add_argument("--eval-prompts", type=int, default=200)
+    al.add_argument("--eval-prompts", type=int, default=200, help="0: skip the accuracy stage")
     al.add_argument("--guidance", default="5")
     al.add_argument("--seed", type=int, default=0)
     al.add_argument("--sizes", choices=("default", "tiny"), default="default")
     al.add_argument("--extra", default="", help="extra flags for every `train` (quoted)")
+    al.add_argument("--vae-extra", default="", help="extra flags for both `vae` runs (quoted)")
+    al.add_argument("--skip-existing-vaes", action="store_true", help="reuse OUT/vae-* directories already there")
     al.add_argument("--pack", default=None, help="after each stage, tar each new directory (and the logs) into here")
     return parser
 
@@ -146,7 +152,7 @@ def _recipe(args, sizes, device, start, losses, **extra) -> dict:
 
 def cmd_vae(args) -> dict:
     from turbo.toyworld.models import build_hunyuan_vae, build_vae
-    from turbo.toyworld.train import save_vae, train_vae
+    from turbo.toyworld.train import reconstruction_check, save_vae, train_vae
 
     sizes = _sizes(args.sizes)
     device = torch.device(args.device)
@@ -155,10 +161,15 @@ def cmd_vae(args) -> dict:
     vae = (build_vae if args.family == "wan" else build_hunyuan_vae)(sizes, seed=args.seed)
     losses = train_vae(vae, args.steps, args.batch_size, args.frames, height, width, seed=args.seed, device=device,
                        lr=args.lr or 1e-3, log_every=args.log_every, minutes=args.minutes, schedule=args.schedule,
-                       calibrate_frames=sizes.frames)
+                       calibrate_frames=sizes.frames, fg_weight=args.fg_weight, crop=args.crop or None,
+                       sample_scale=args.sample_scale)
+    check = None
+    if args.check:
+        check = reconstruction_check(vae, args.check, sizes.frames, height, width, device=device)
+        print(f"reconstruction check: {json.dumps(check)}", flush=True)
     vae.to("cpu")
     recipe = _recipe(args, sizes, device, start, losses, family=args.family, frames=args.frames,
-                     height_width=[height, width])
+                     height_width=[height, width], reconstruction_check=check)
     save_vae(vae, args.out, recipe=recipe)
     print(f"saved the {args.family} VAE to {args.out}: {len(losses)} steps, {recipe['wall_seconds']} s, "
           f"loss {recipe['final_loss_mean_last_100']:.4f}")
@@ -275,11 +286,22 @@ def cmd_all(args) -> int:
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     common = ["--device", args.device, "--seed", str(args.seed), "--sizes", args.sizes]
+    try:
+        _stages(args, out, logs, common)
+    finally:
+        _pack(out, [], args.pack)
+    return 0
+
+
+def _stages(args, out: Path, logs: Path, common: list[str]) -> None:
     start = time.perf_counter()
     jobs = {}
     for family in FAMILIES:
+        if args.skip_existing_vaes and (out / f"vae-{family}" / "checksums.json").is_file():
+            print(f"reusing {out / f'vae-{family}'}", flush=True)
+            continue
         argv = ["vae", "--family", family, "--out", str(out / f"vae-{family}"), "--minutes", str(args.vae_minutes),
-                "--batch-size", str(args.vae_batch_size), *common]
+                "--batch-size", str(args.vae_batch_size), *common, *shlex.split(args.vae_extra)]
         jobs[f"vae-{family}"] = (_spawn(argv, logs / f"vae-{family}.log"), logs / f"vae-{family}.log")
     _wait(jobs)
     _pack(out, [f"vae-{family}" for family in FAMILIES], args.pack)
@@ -294,16 +316,14 @@ def cmd_all(args) -> int:
     _pack(out, [kind for kinds in FAMILIES.values() for kind in kinds], args.pack)
     jobs = {}
     for kinds in FAMILIES.values():
-        for kind in kinds:
+        for kind in kinds if args.eval_prompts else ():
             argv = ["accuracy", "--model", str(out / kind), "--prompts", str(args.eval_prompts), "--device",
                     args.device, "--guidance", *args.guidance.split(","), "--json", str(out / f"{kind}.accuracy.json")]
             if args.device != "cpu":
                 argv += ["--dtype", "stored"]
             jobs[f"accuracy {kind}"] = (_spawn(argv, logs / f"{kind}.accuracy.log"), logs / f"{kind}.accuracy.log")
     _wait(jobs)
-    _pack(out, [], args.pack)
     print(f"toyworld all: done in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,7 +33,7 @@ from .lowbit_forward import (
 )
 from .sla_forward import sla_linear_states
 
-LOG2_FP8_MAX = 8.807354922057604  # log2(448): the kernel's l is summed in units of 448·P̃
+LOG2_FP8_MAX = tl.constexpr(8.807354922057604)  # log2(448): the kernel's l is summed in units of 448·P̃
 
 
 @triton.jit
