@@ -105,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     al.add_argument("--seed", type=int, default=0)
     al.add_argument("--sizes", choices=("default", "tiny"), default="default")
     al.add_argument("--extra", default="", help="extra flags for every `train` (quoted)")
+    al.add_argument("--vae-lrs", default="1e-3", help="comma list: one VAE per learning rate, the best is kept")
     al.add_argument("--vae-extra", default="", help="extra flags for both `vae` runs (quoted)")
     al.add_argument("--skip-existing-vaes", action="store_true", help="reuse OUT/vae-* directories already there")
     al.add_argument("--pack", default=None, help="after each stage, tar each new directory (and the logs) into here")
@@ -281,6 +282,25 @@ def _pack(out: Path, names: list[str], pack: str | None) -> None:
             tar.add(f, arcname=f.name)
 
 
+def _pick_vae(out: Path, family: str, names: list[str]) -> None:
+    """Keep the candidate VAE with the lowest object L1 of its reconstruction check as ``out/vae-FAMILY``."""
+    import shutil
+
+    scored = []
+    for name in names:
+        recipe_path = out / name / "toyworld_recipe.json"
+        if recipe_path.is_file():
+            check = json.loads(recipe_path.read_text()).get("reconstruction_check") or {}
+            scored.append((check.get("object_l1", float("inf")), name))
+    if not scored:
+        return
+    best = min(scored)[1]
+    print(f"{family} VAE candidates (object L1): {sorted(scored)}; keeping {best}", flush=True)
+    if best != f"vae-{family}":
+        shutil.rmtree(out / f"vae-{family}", ignore_errors=True)
+        shutil.copytree(out / best, out / f"vae-{family}")
+
+
 def cmd_all(args) -> int:
     out = Path(args.out)
     logs = out / "logs"
@@ -296,14 +316,19 @@ def cmd_all(args) -> int:
 def _stages(args, out: Path, logs: Path, common: list[str]) -> None:
     start = time.perf_counter()
     jobs = {}
+    lrs = args.vae_lrs.split(",")
     for family in FAMILIES:
         if args.skip_existing_vaes and (out / f"vae-{family}" / "checksums.json").is_file():
             print(f"reusing {out / f'vae-{family}'}", flush=True)
             continue
-        argv = ["vae", "--family", family, "--out", str(out / f"vae-{family}"), "--minutes", str(args.vae_minutes),
-                "--batch-size", str(args.vae_batch_size), *common, *shlex.split(args.vae_extra)]
-        jobs[f"vae-{family}"] = (_spawn(argv, logs / f"vae-{family}.log"), logs / f"vae-{family}.log")
+        for lr in lrs:
+            name = f"vae-{family}-lr{lr}"
+            argv = ["vae", "--family", family, "--out", str(out / name), "--minutes", str(args.vae_minutes),
+                    "--batch-size", str(args.vae_batch_size), "--lr", lr, *common, *shlex.split(args.vae_extra)]
+            jobs[name] = (_spawn(argv, logs / f"{name}.log"), logs / f"{name}.log")
     _wait(jobs)
+    for family in FAMILIES:
+        _pick_vae(out, family, [f"vae-{family}-lr{lr}" for lr in lrs])
     _pack(out, [f"vae-{family}" for family in FAMILIES], args.pack)
     jobs = {}
     for family, kinds in FAMILIES.items():
