@@ -68,6 +68,11 @@ def sla2_module(q, k, v, keep, alpha):
     return torch.ops.turbo.sla2_forward(q, k, v, lut, count, alpha, 128, 64, 128 ** -0.5)[0]
 
 
+def sla2_lowbit_module(q, k, v, keep, alpha):
+    lut, count = sla_router(q, k, 128, 64, keep)
+    return torch.ops.turbo.sla2_lowbit_forward(q, k, v, lut, count, alpha, 128, 64, 128 ** -0.5)[0]
+
+
 def section_sla(shape, q, k, v, keeps, cudnn, check, variants):
     d = q.shape[-1]
     proj = torch.nn.Linear(d, d, device="cuda")
@@ -109,6 +114,14 @@ def section_sla2(shape, q, k, v, keeps, cudnn, check):
             assert torch.isfinite(out).all(), "NaN/inf in SLA2 output"
         add(shape, "SLA2 fwd module (hard top-k, bf16 sparse branch)", keep,
             bench(lambda: sla2_module(q, k, v, keep, alpha)), cudnn, err)
+        err = None
+        if check and shape == "480p":
+            with torch.no_grad():
+                out = sla2_lowbit_module(q, k, v, keep, alpha)
+                err = rel_l1(out, reference.sla2_attention(q, k, v, keep, alpha))  # vs the exact bf16 SLA2
+            assert torch.isfinite(out).all(), "NaN/inf in low-bit SLA2 output"
+        add(shape, "SLA2 fwd module (INT8 QK / FP8 PV sparse branch)", keep,
+            bench(lambda: sla2_lowbit_module(q, k, v, keep, alpha)), cudnn, err)
 
 
 def section_fwdbwd(shape, q, k, v, keeps, check):

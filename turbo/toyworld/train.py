@@ -262,6 +262,27 @@ def _random_crop(x: torch.Tensor, crop: int | None, generator: torch.Generator) 
     return x[..., top:top + crop, left:left + crop]
 
 
+def _decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
+    """``vae.decode(z).sample`` without AutoencoderKLWan's final clamp to [-1, 1] (for training).
+
+    The clamp has zero gradient wherever the decoder overshoots, and ToyWorld's black and white backgrounds sit on
+    the bounds: object pixels inside an overshooting background region then never receive a gradient and the VAE
+    learns the background only. This replays AutoencoderKLWan's frame-by-frame causal decode (diffusers 0.3x-0.4x
+    ``_decode``, untiled, no patchify) and stops before the clamp; other VAEs decode as usual.
+    """
+    if type(vae).__name__ != "AutoencoderKLWan" or getattr(vae.config, "patch_size", None) is not None:
+        return vae.decode(z).sample
+    vae.clear_cache()
+    x = vae.post_quant_conv(z)
+    frames = []
+    for i in range(x.shape[2]):
+        vae._conv_idx = [0]
+        frames.append(vae.decoder(x[:, :, i:i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx,
+                                  first_chunk=(i == 0)))
+    vae.clear_cache()
+    return torch.cat(frames, dim=2)
+
+
 def _vae_step_loss(vae, x: torch.Tensor, kl_weight: float, generator: torch.Generator | None,
                    weight: torch.Tensor | None = None, sample_scale: float = 1.0):
     dist = vae.encode(x).latent_dist
@@ -269,7 +290,7 @@ def _vae_step_loss(vae, x: torch.Tensor, kl_weight: float, generator: torch.Gene
     if sample_scale:
         noise = torch.randn(dist.mean.shape, generator=generator).to(x.device, dist.mean.dtype)
         z = z + sample_scale * dist.std * noise
-    rec = vae.decode(z).sample
+    rec = _decode_unclamped(vae, z)
     kl = 0.5 * (dist.mean.pow(2) + dist.var - 1.0 - dist.logvar).mean()
     error = (rec.float() - x.float()).abs()
     if weight is not None:
