@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from .sla_forward import marginal_weights, sla_block_states
+from .tiles import load_rows, tile_program
 
 
 @triton.jit
@@ -26,14 +27,9 @@ def _query_side_kernel(
     seq_len, heads, num_key_blocks, num_query_blocks,
     D: tl.constexpr, BLOCK_M: tl.constexpr, ROUTER_BLOCK_Q: tl.constexpr, MIX_ALPHA: tl.constexpr,
 ):
-    tile = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // heads
-    h = bh % heads
+    tile, bh, b, h, offs_m, offs_d = tile_program(heads, BLOCK_M, D)
     qblock = tile * BLOCK_M // ROUTER_BLOCK_Q
     row = bh * num_query_blocks + qblock
-    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, D)
     row_ok = offs_m < seq_len
     q_tile = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :]
     q = tl.load(q_tile, mask=row_ok[:, None], other=0.0)
@@ -88,17 +84,10 @@ def _key_side_kernel(
     seq_len, heads, num_key_blocks,
     D: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    blk = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // heads
-    h = bh % heads
-    offs_s = blk * BLOCK + tl.arange(0, BLOCK)
-    offs_d = tl.arange(0, D)
+    blk, bh, b, h, offs_s, offs_d = tile_program(heads, BLOCK, D)
     valid = offs_s < seq_len
-    k = tl.load(K + b * stride_kb + h * stride_kh + offs_s[:, None] * stride_ks + offs_d[None, :],
-                mask=valid[:, None], other=0.0)
-    v = tl.load(V + b * stride_vb + h * stride_vh + offs_s[:, None] * stride_vs + offs_d[None, :],
-                mask=valid[:, None], other=0.0)
+    k = load_rows(K, b, h, offs_s, offs_d, stride_kb, stride_ks, stride_kh, valid)
+    v = load_rows(V, b, h, offs_s, offs_d, stride_vb, stride_vs, stride_vh, valid)
     dt = v.dtype
     kf = k.to(tl.float32)
     e = tl.exp(kf - tl.max(kf, 1)[:, None])

@@ -40,6 +40,7 @@ import triton
 import triton.language as tl
 
 from .. import reference
+from .tiles import load_rows, tile_program
 
 LOG2E = 1.4426950408889634
 FP8_E4M3_MAX = 448.0
@@ -169,17 +170,11 @@ def _quant_int8_kernel(
 ):
     """Grid (num_blocks, B·H): block `blk` of x (minus MEAN[b·h] if HAS_MEAN; invalid tokens zeroed) -> INT8 codes in
     OUT [B, H, S, D] and SCALE[b·h, blk] = amax / 127 · scale_mult (the step times the folded factor)."""
-    blk = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // heads
-    h = bh % heads
-    offs_s = blk * BLOCK + tl.arange(0, BLOCK)
-    offs_d = tl.arange(0, D)
+    blk, bh, b, h, offs_s, offs_d = tile_program(heads, BLOCK, D)
     ok = offs_s < seq_len
     if HAS_VALID:
         ok = ok & (tl.load(VALID + b * stride_vb + offs_s * stride_vs, mask=ok, other=0) != 0)
-    x = tl.load(X + b * stride_xb + h * stride_xh + offs_s[:, None] * stride_xs + offs_d[None, :],
-                mask=ok[:, None], other=0.0).to(tl.float32)
+    x = load_rows(X, b, h, offs_s, offs_d, stride_xb, stride_xs, stride_xh, ok).to(tl.float32)
     if HAS_MEAN:
         x = tl.where(ok[:, None], x - tl.load(MEAN + bh * D + offs_d)[None, :], 0.0)
     amax = tl.max(tl.max(tl.abs(x), 1), 0)
@@ -247,17 +242,11 @@ def _quant_v_fp8_kernel(
 ):
     """Grid (padded_len / BLOCK, B·H): tokens of the block -> e4m3 codes of v / VSCALE[b·h] (invalid and padding
     tokens 0), stored transposed into OUT [B, H, D, padded_len]."""
-    blk = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // heads
-    h = bh % heads
-    offs_s = blk * BLOCK + tl.arange(0, BLOCK)
-    offs_d = tl.arange(0, D)
+    blk, bh, b, h, offs_s, offs_d = tile_program(heads, BLOCK, D)
     ok = offs_s < seq_len
     if HAS_VALID:
         ok = ok & (tl.load(VALID + b * stride_mb + offs_s * stride_ms, mask=ok, other=0) != 0)
-    x = tl.load(V + b * stride_vb + h * stride_vh + offs_s[:, None] * stride_vs + offs_d[None, :],
-                mask=ok[:, None], other=0.0).to(tl.float32)
+    x = load_rows(V, b, h, offs_s, offs_d, stride_vb, stride_vs, stride_vh, ok).to(tl.float32)
     step = tl.load(VSCALE + bh * D + offs_d)
     scaled = tl.minimum(tl.maximum(x / step[None, :], -448.0), 448.0)
     codes = tl.trans(_to_fp8(scaled, EMULATE_FP8))  # [D, BLOCK]
@@ -361,14 +350,9 @@ def _lowbit_attn_kernel(
     D: tl.constexpr, DQK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, QUANT_BLOCK_Q: tl.constexpr,
     HAS_BIAS: tl.constexpr, EMULATE_FP8: tl.constexpr, FAST_EXP: tl.constexpr,
 ):
-    tile = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // heads
-    h = bh % heads
-    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    tile, bh, b, h, offs_m, offs_d = tile_program(heads, BLOCK_M, D)
     offs_n = tl.arange(0, BLOCK_N)
     offs_dk = tl.arange(0, DQK)  # the int8 dot needs K >= 32: D = 16 is read zero-padded
-    offs_d = tl.arange(0, D)
     row_ok = offs_m < q_len
 
     q_mask = row_ok[:, None] & (offs_dk < D)[None, :]

@@ -12,21 +12,16 @@ import triton
 import triton.language as tl
 
 from .. import reference
+from .tiles import load_rows, tile_program
 
 
 @triton.jit
 def _block_pool_kernel(X, OUT, stride_b, stride_s, stride_h, seq_len, heads, num_blocks,
                        D: tl.constexpr, BLOCK: tl.constexpr):
     """Grid (nb, B·H): mean of each block's real tokens -> OUT [B·H, nb, D] fp32."""
-    blk = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // heads
-    h = bh % heads
-    offs_s = blk * BLOCK + tl.arange(0, BLOCK)
-    offs_d = tl.arange(0, D)
+    blk, bh, b, h, offs_s, offs_d = tile_program(heads, BLOCK, D)
     valid = offs_s < seq_len
-    x = tl.load(X + b * stride_b + h * stride_h + offs_s[:, None] * stride_s + offs_d[None, :],
-                mask=valid[:, None], other=0.0).to(tl.float32)
+    x = load_rows(X, b, h, offs_s, offs_d, stride_b, stride_s, stride_h, valid).to(tl.float32)
     count = tl.minimum(seq_len - blk * BLOCK, BLOCK).to(tl.float32)
     tl.store(OUT + (bh * num_blocks + blk) * D + offs_d, tl.sum(x, 0) / count)
 

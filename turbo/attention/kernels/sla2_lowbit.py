@@ -32,6 +32,7 @@ from .lowbit_forward import (
     quantize_v_fp8,
 )
 from .sla_forward import sla_linear_states
+from .tiles import tile_program
 
 LOG2_FP8_MAX = tl.constexpr(8.807354922057604)  # log2(448): the kernel's l is summed in units of 448·P̃
 
@@ -65,15 +66,10 @@ def _sla2_lowbit_kernel(
     D: tl.constexpr, DQK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ROUTER_BLOCK_Q: tl.constexpr, EMULATE_FP8: tl.constexpr,
 ):
-    tile = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // heads
-    h = bh % heads
+    tile, bh, b, h, offs_m, offs_d = tile_program(heads, BLOCK_M, D)
     qblock = tile * BLOCK_M // ROUTER_BLOCK_Q  # the router's (and Q quantiser's) query block of this tile
-    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_dk = tl.arange(0, DQK)  # the int8 dot needs K >= 32: D = 16 is read zero-padded
-    offs_d = tl.arange(0, D)
     row_ok = offs_m < seq_len
 
     q8 = tl.load(Q8 + (bh * seq_len + offs_m[:, None]) * D + offs_dk[None, :],

@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .tiles import load_rows, tile_program
+
 LOG2E = 1.4426950408889634
 
 
@@ -34,17 +36,10 @@ def _block_states_kernel(
 ):
     """Grid (nk, B·H): row (b·h, j) of HB [B·H, nk, D·D + D] (V's dtype) is [h_j = φ(K_j)ᵀ V_j flattened,
     z_j = Σ φ(K_j)], so one GEMM sums both over the marginal blocks."""
-    blk = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // heads
-    h = bh % heads
-    offs_s = blk * BLOCK + tl.arange(0, BLOCK)
-    offs_d = tl.arange(0, D)
+    blk, bh, b, h, offs_s, offs_d = tile_program(heads, BLOCK, D)
     valid = offs_s < seq_len
-    k = tl.load(K + b * stride_kb + h * stride_kh + offs_s[:, None] * stride_ks + offs_d[None, :],
-                mask=valid[:, None], other=0.0).to(tl.float32)
-    v = tl.load(V + b * stride_vb + h * stride_vh + offs_s[:, None] * stride_vs + offs_d[None, :],
-                mask=valid[:, None], other=0.0)
+    k = load_rows(K, b, h, offs_s, offs_d, stride_kb, stride_ks, stride_kh, valid).to(tl.float32)
+    v = load_rows(V, b, h, offs_s, offs_d, stride_vb, stride_vs, stride_vh, valid)
     e = tl.exp(k - tl.max(k, 1)[:, None])
     phi = tl.where(valid[:, None], e / tl.sum(e, 1)[:, None], 0.0)
     state = tl.dot(tl.trans(phi.to(v.dtype)), v)
@@ -107,14 +102,9 @@ def _sla_forward_kernel(
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ROUTER_BLOCK_Q: tl.constexpr,
     HAS_LINEAR: tl.constexpr, HAS_PROJ_BIAS: tl.constexpr, MIX_ALPHA: tl.constexpr, HAS_TAIL: tl.constexpr,
 ):
-    tile = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // heads
-    h = bh % heads
+    tile, bh, b, h, offs_m, offs_d = tile_program(heads, BLOCK_M, D)
     qblock = tile * BLOCK_M // ROUTER_BLOCK_Q  # the router's query block this tile belongs to
-    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, D)
     row_ok = offs_m < seq_len
 
     q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :],

@@ -26,6 +26,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .tiles import load_rows, tile_program
+
 LOG2E = 1.4426950408889634
 
 
@@ -128,17 +130,11 @@ def _delta_kernel(
     D: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """Grid (ceil(S / BLOCK), B·H): DELTA [B·H, S] fp32 = rowsum(dO ⊙ O)."""
-    tile = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // heads).to(tl.int64)
-    h = bh % heads
-    offs_m = tile * BLOCK + tl.arange(0, BLOCK)
-    offs_d = tl.arange(0, D)
+    tile, bh, b, h, offs_m, offs_d = tile_program(heads, BLOCK, D)
+    b = b.to(tl.int64)
     row_ok = offs_m < seq_len
-    o = tl.load(OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_os + offs_d[None, :],
-                mask=row_ok[:, None], other=0.0).to(tl.float32)
-    do = tl.load(DO + b * stride_gb + h * stride_gh + offs_m[:, None] * stride_gs + offs_d[None, :],
-                 mask=row_ok[:, None], other=0.0).to(tl.float32)
+    o = load_rows(OUT, b, h, offs_m, offs_d, stride_ob, stride_os, stride_oh, row_ok).to(tl.float32)
+    do = load_rows(DO, b, h, offs_m, offs_d, stride_gb, stride_gs, stride_gh, row_ok).to(tl.float32)
     tl.store(DELTA + bh.to(tl.int64) * seq_len + offs_m, tl.sum(o * do, 1), mask=row_ok)
 
 
@@ -155,14 +151,10 @@ def _dq_kernel(
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ROUTER_BLOCK_Q: tl.constexpr,
 ):
     """Grid (ceil(S / BLOCK_M), B·H): dQ of one query tile over the key blocks of its LUT row."""
-    tile = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // heads).to(tl.int64)
-    h = bh % heads
+    tile, bh, b, h, offs_m, offs_d = tile_program(heads, BLOCK_M, D)
+    b = b.to(tl.int64)
     qblock = tile * BLOCK_M // ROUTER_BLOCK_Q  # BLOCK_M divides ROUTER_BLOCK_Q: a tile lies in one router block
-    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, D)
     row_ok = offs_m < seq_len
 
     q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :],
