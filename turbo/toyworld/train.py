@@ -198,7 +198,8 @@ def _log(name: str, step: int, plan: StepPlan, losses: list, log_every: int) -> 
         raise FloatingPointError(f"{name}: loss became {float(window[bad - step - 1 + len(window)])} at step {bad}; "
                                  "lower the learning rate")
     total = "?" if plan.minutes is not None and step < plan.probe else plan.total
-    memory = f", peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if torch.cuda.is_available() else ""
+    memory = (f", GPU memory {torch.cuda.memory_allocated() / 2**30:.1f} GiB (peak "
+              f"{torch.cuda.max_memory_allocated() / 2**30:.1f})" if torch.cuda.is_available() else "")
     logger.info("%s step %d/%s loss %.5f (mean of last %d: %.5f)%s", name, step + 1, total, float(window[-1]),
                 len(window), float(window.mean()), memory)
 
