@@ -59,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--crop", type=int, default=128, help="train on random square crops of this side (0: full frames)")
     v.add_argument("--fg-weight", type=float, default=10.0, help="extra loss weight on object pixels")
     v.add_argument("--sample-scale", type=float, default=0.0, help="posterior noise scale (0: plain autoencoder)")
+    v.add_argument("--mse-weight", type=float, default=1.0, help="squared-error term added to the L1 loss")
+    v.add_argument("--beta2", type=float, default=0.999, help="AdamW second-moment decay")
+    v.add_argument("--grad-clip", type=float, default=0.0, help="gradient-norm clip (0: none)")
+    v.add_argument("--warmup", type=int, default=100)
     v.add_argument("--check", type=int, default=8, help="videos in the reconstruction check (0: skip)")
     _budget(v)
 
@@ -105,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     al.add_argument("--seed", type=int, default=0)
     al.add_argument("--sizes", choices=("default", "tiny"), default="default")
     al.add_argument("--extra", default="", help="extra flags for every `train` (quoted)")
-    al.add_argument("--vae-lrs", default="1e-3", help="comma list: one VAE per learning rate, the best is kept")
+    al.add_argument("--vae-lrs", default="3e-4", help="comma list: one VAE per learning rate, the best is kept")
     al.add_argument("--vae-extra", default="", help="extra flags for both `vae` runs (quoted)")
     al.add_argument("--skip-existing-vaes", action="store_true", help="reuse OUT/vae-* directories already there")
     al.add_argument("--pack", default=None, help="after each stage, tar each new directory (and the logs) into here")
@@ -161,9 +165,10 @@ def cmd_vae(args) -> dict:
     start = time.perf_counter()
     vae = (build_vae if args.family == "wan" else build_hunyuan_vae)(sizes, seed=args.seed)
     losses = train_vae(vae, args.steps, args.batch_size, args.frames, height, width, seed=args.seed, device=device,
-                       lr=args.lr or 1e-3, log_every=args.log_every, minutes=args.minutes, schedule=args.schedule,
+                       lr=args.lr or 3e-4, log_every=args.log_every, minutes=args.minutes, schedule=args.schedule,
                        calibrate_frames=sizes.frames, fg_weight=args.fg_weight, crop=args.crop or None,
-                       sample_scale=args.sample_scale)
+                       sample_scale=args.sample_scale, mse_weight=args.mse_weight, beta2=args.beta2,
+                       grad_clip=args.grad_clip, warmup=args.warmup)
     check = None
     if args.check:
         check = reconstruction_check(vae, args.check, sizes.frames, height, width, device=device)

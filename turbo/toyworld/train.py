@@ -145,12 +145,13 @@ class StepPlan:
         return step >= self.total
 
 
-def _optimizer(module, lr, weight_decay, plan: StepPlan, warmup, schedule: str = "constant", min_lr: float = 0.1):
+def _optimizer(module, lr, weight_decay, plan: StepPlan, warmup, schedule: str = "constant", min_lr: float = 0.1,
+               beta2: float = 0.99):
     """AdamW with a linear warm-up, then a constant rate or a cosine decay to ``min_lr * lr`` at ``plan.total``."""
     if schedule not in ("constant", "cosine"):
         raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
     params = [p for p in module.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay)
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, beta2), weight_decay=weight_decay)
     warmup = max(0, warmup if plan.max_steps is None else min(warmup, plan.max_steps // 10))
 
     def factor(s: int) -> float:
@@ -285,7 +286,7 @@ def _decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
 
 
 def _vae_step_loss(vae, x: torch.Tensor, kl_weight: float, generator: torch.Generator | None,
-                   weight: torch.Tensor | None = None, sample_scale: float = 1.0):
+                   weight: torch.Tensor | None = None, sample_scale: float = 1.0, mse_weight: float = 0.0):
     dist = vae.encode(x).latent_dist
     z = dist.mean
     if sample_scale:
@@ -293,7 +294,8 @@ def _vae_step_loss(vae, x: torch.Tensor, kl_weight: float, generator: torch.Gene
         z = z + sample_scale * dist.std * noise
     rec = _decode_unclamped(vae, z)
     kl = 0.5 * (dist.mean.pow(2) + dist.var - 1.0 - dist.logvar).mean()
-    error = (rec.float() - x.float()).abs()
+    diff = rec.float() - x.float()
+    error = diff.abs() + mse_weight * diff.pow(2) if mse_weight else diff.abs()
     if weight is not None:
         return (error * weight).mean() / weight.mean() + kl_weight * kl
     return error.mean() + kl_weight * kl
@@ -336,6 +338,8 @@ def train_vae(
     fg_weight: float = 0.0,
     crop: int | None = None,
     sample_scale: float = 1.0,
+    mse_weight: float = 0.0,
+    beta2: float = 0.99,
     minutes: float | None = None,
     schedule: str = "constant",
     show_progress: bool | None = None,
@@ -346,7 +350,8 @@ def train_vae(
     `StepPlan`); `schedule` "cosine" decays the learning rate to a tenth at the last step. `fg_weight` multiplies
     the reconstruction loss on object pixels by ``1 + fg_weight``; `crop` trains on random square crops.
     `sample_scale` scales the posterior noise of the decoded sample (0: a plain autoencoder on the posterior mean,
-    which is what the pipelines encode with; it learns much faster).
+    which is what the pipelines encode with; it learns much faster). `mse_weight` adds that times the squared error
+    to the per-pixel L1; `beta2` is AdamW's second-moment decay; ``grad_clip=0`` disables clipping.
     Batches are fresh `sample_videos` draws (seed derived from `seed` and the step); with `fixed_batch` every step
     sees the same batch and the same posterior noise (an overfit check). The VAE trains in fp32 (also on CUDA: the
     Wan causal convolutions are small and bf16 hurts reconstruction). Afterwards `calibrate_vae` sets the latent
@@ -357,7 +362,7 @@ def train_vae(
     torch.manual_seed(seed)
     _to_fp32(vae.to(device)).train()
     plan = StepPlan(steps, minutes)
-    params, opt, sched = _optimizer(vae, lr, weight_decay, plan, warmup, schedule)
+    params, opt, sched = _optimizer(vae, lr, weight_decay, plan, warmup, schedule, beta2=beta2)
     ema = _EMA(vae, ema_decay) if ema_decay else None
     losses: list[torch.Tensor] = []
     for step in _progress(plan, "vae", show_progress):
@@ -366,7 +371,7 @@ def train_vae(
         weight = _foreground_weight(x, fg_weight) if fg_weight else torch.ones_like(x[:, :1])
         both = _random_crop(torch.cat([x, weight], dim=1), crop, gen)  # one window for video and weight
         x, weight = both[:, :3], (both[:, 3:] if fg_weight else None)
-        loss = _vae_step_loss(vae, x, kl_weight, gen, weight, sample_scale)
+        loss = _vae_step_loss(vae, x, kl_weight, gen, weight, sample_scale, mse_weight)
         losses.append(_optimizer_step(loss, opt, sched, params, grad_clip, ema, vae))
         _log("vae", step, plan, losses, log_every)
     values = _finish("train_vae", losses)
