@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--sample-scale", type=float, default=0.0, help="posterior noise scale (0: plain autoencoder)")
     v.add_argument("--mse-weight", type=float, default=1.0, help="squared-error term added to the L1 loss")
     v.add_argument("--beta2", type=float, default=0.999, help="AdamW second-moment decay")
-    v.add_argument("--grad-clip", type=float, default=0.0, help="gradient-norm clip (0: none)")
+    v.add_argument("--grad-clip", type=float, default=1.0, help="gradient-norm clip (0: none)")
     v.add_argument("--warmup", type=int, default=100)
     v.add_argument("--check", type=int, default=8, help="videos in the reconstruction check (0: skip)")
     _budget(v)
