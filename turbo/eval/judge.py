@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from turbo.eval.metrics import video_array
 from turbo.toyworld.videos import BACKGROUNDS, COLOURS, parse_caption
 
 ATTRIBUTES = ("colour", "shape", "motion")
@@ -101,20 +102,7 @@ def aggregate(results: list[JudgeResult]) -> dict[str, float]:
 
 def _as_frames(video) -> np.ndarray:
     """float32 [F, H, W, 3] in 0–255 from uint8 or float (0–1) numpy or torch, [F, H, W, 3] or [F, 3, H, W]."""
-    if hasattr(video, "detach"):
-        video = video.detach().cpu().float().numpy()
-    arr = np.asarray(video)
-    if arr.ndim == 3:
-        arr = arr[None]
-    if arr.ndim != 4:
-        raise ValueError(f"video must be [F, H, W, 3] (or [F, 3, H, W]), got shape {arr.shape}")
-    if arr.shape[-1] != 3 and arr.shape[1] == 3:
-        arr = arr.transpose(0, 2, 3, 1)
-    if arr.shape[-1] != 3:
-        raise ValueError(f"video must have 3 colour channels, got shape {arr.shape}")
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float32)
-    arr = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    arr = np.nan_to_num(video_array(video).astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
     return np.clip(arr, 0.0, 1.0) * 255.0
 
 

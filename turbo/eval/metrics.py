@@ -19,7 +19,7 @@ SSIM_K1, SSIM_K2 = 0.01, 0.03
 _LUMA = np.array([0.299, 0.587, 0.114])
 
 
-def _video(x) -> np.ndarray:
+def video_array(x) -> np.ndarray:
     """float64 ``[F, H, W, 3]`` in the units of the input (uint8 scaled to [0, 1])."""
     if hasattr(x, "detach"):
         x = x.detach().cpu().double().numpy()
@@ -37,7 +37,7 @@ def _video(x) -> np.ndarray:
 
 
 def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
-    a, b = _video(a), _video(b)
+    a, b = video_array(a), video_array(b)
     if a.shape != b.shape:
         raise ValueError(f"videos must have the same shape, got {a.shape} and {b.shape}")
     return a, b
@@ -45,7 +45,7 @@ def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
 
 def luma(video) -> np.ndarray:
     """BT.601 luma ``[F, H, W]`` (float64, range of the input) of a video."""
-    return _video(video) @ _LUMA
+    return video_array(video) @ _LUMA
 
 
 def psnr(a, b) -> float:
