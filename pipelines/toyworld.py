@@ -64,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--grad-clip", type=float, default=1.0, help="gradient-norm clip (0: none)")
     v.add_argument("--warmup", type=int, default=100)
     v.add_argument("--check", type=int, default=8, help="videos in the reconstruction check (0: skip)")
+    v.add_argument("--vae-width", type=int, default=None,
+                   help="Wan base_dim / HunyuanVideo first-block channels (default: the ToyWorld sizes)")
     _budget(v)
 
     t = sub.add_parser("train", help="train one ToyWorld pipeline's transformer and save the pipeline with checksums")
@@ -160,7 +162,11 @@ def cmd_vae(args) -> dict:
     from turbo.toyworld.train import reconstruction_check, save_vae, train_vae
 
     sizes = _sizes(args.sizes)
+    if args.vae_width:
+        field = "vae_base_dim" if args.family == "wan" else "hunyuan_vae_channels"
+        sizes = dataclasses.replace(sizes, **{field: args.vae_width})
     device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = True  # fixed clip/crop shapes: let cuDNN pick the 3-D convolution algorithms
     height, width = args.height or sizes.height, args.width or sizes.width
     start = time.perf_counter()
     vae = (build_vae if args.family == "wan" else build_hunyuan_vae)(sizes, seed=args.seed)
