@@ -30,7 +30,7 @@ import torch
 FAMILIES = {"wan": ("wan-t2v", "wan-i2v"), "hunyuan": ("hunyuan-t2v",)}
 
 
-def _frames(text: str) -> tuple[int, ...]:
+def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(f) for f in text.split(","))
 
 
@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--grad-clip", type=float, default=1.0, help="gradient-norm clip (0: none)")
     v.add_argument("--warmup", type=int, default=100)
     v.add_argument("--check", type=int, default=8, help="videos in the reconstruction check (0: skip)")
+    v.add_argument("--objects", type=_ints, default=(2, 3, 4), help="objects per training video, e.g. 2,3,4")
+    v.add_argument("--long-frames", type=int, default=33, help="clip length of every --long-every-th step")
+    v.add_argument("--long-every", type=int, default=4, help="0: train on --frames clips only")
     v.add_argument("--vae-width", type=int, default=None,
                    help="Wan base_dim / HunyuanVideo first-block channels (default: the ToyWorld sizes)")
     _budget(v)
@@ -74,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--vae", default=None, help="trained VAE (a `vae` output or a pipeline dir); else train one here")
     t.add_argument("--vae-steps", type=int, default=None, help="VAE steps when training one here")
     t.add_argument("--resume", default=None, help="ToyWorld pipeline dir whose transformer to continue training")
-    t.add_argument("--frames", type=_frames, default=None, help="frame counts, e.g. 33,17 (default: main setting)")
+    t.add_argument("--frames", type=_ints, default=None, help="frame counts, e.g. 33,17 (default: main setting)")
     t.add_argument("--pool-size", type=int, default=0, help="pre-encoded videos per frame count (0: fresh each step)")
     t.add_argument("--cfg-dropout", type=float, default=0.1)
     t.add_argument("--ema", type=float, default=None, help="EMA decay of the transformer weights (e.g. 0.999)")
@@ -174,7 +177,8 @@ def cmd_vae(args) -> dict:
                        lr=args.lr or 3e-4, log_every=args.log_every, minutes=args.minutes, schedule=args.schedule,
                        calibrate_frames=sizes.frames, fg_weight=args.fg_weight, crop=args.crop or None,
                        sample_scale=args.sample_scale, mse_weight=args.mse_weight, beta2=args.beta2,
-                       grad_clip=args.grad_clip, warmup=args.warmup)
+                       grad_clip=args.grad_clip, warmup=args.warmup, num_objects=args.objects,
+                       long_frames=args.long_frames, long_every=args.long_every)
     check = None
     if args.check:
         check = reconstruction_check(vae, args.check, sizes.frames, height, width, device=device)

@@ -49,6 +49,18 @@ def test_step_plan_fixed_and_timed():
         StepPlan(None)
 
 
+def test_step_plan_slowing_down_still_ends_on_time():
+    """Fast probe steps, then slow ones (another process took the GPU): the plan re-estimates and ends by the clock."""
+    import time
+
+    plan = StepPlan(None, minutes=0.005, probe=4)  # 0.3 s
+    start, step = time.perf_counter(), 0
+    while not plan.stop(step):
+        time.sleep(0.001 if step < 4 else 0.02)
+        step += 1
+    assert time.perf_counter() - start < 0.45 and plan.total == step and step < 100
+
+
 def test_cosine_schedule_ends_at_min_lr_on_the_planned_step():
     module = torch.nn.Linear(2, 2)
     plan = StepPlan(50)

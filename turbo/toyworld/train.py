@@ -67,9 +67,10 @@ def _autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def _videos(seed: int, batch_size: int, frames: int, height: int, width: int, device) -> tuple[torch.Tensor, list]:
+def _videos(seed: int, batch_size: int, frames: int, height: int, width: int, device,
+            num_objects=(1, 2)) -> tuple[torch.Tensor, list]:
     """([B, 3, F, H, W] in [-1, 1], captions) — the layout the diffusers VAEs take."""
-    videos, _, captions = sample_videos(seed, batch_size, frames, height, width, device=device)
+    videos, _, captions = sample_videos(seed, batch_size, frames, height, width, num_objects, device=device)
     return videos.permute(0, 2, 1, 3, 4).mul(2).sub(1).contiguous(), captions
 
 
@@ -112,8 +113,10 @@ class StepPlan:
     """How many steps a loop runs: a fixed count, or as many as fit in `minutes` of wall time.
 
     With `minutes`, the loop runs `probe` steps, measures the time per step over the last ``probe // 2`` of them and
-    then fixes ``total`` (at most `max_steps` when given). The learning-rate schedule reads ``total`` lazily, so a
-    cosine decay ends exactly at the last step either way; `stop(step)` says when to leave the loop.
+    fixes ``total`` (at most `max_steps` when given); every `probe` steps after that it re-estimates ``total`` from the
+    rate since the probe (other processes on the same GPU come and go), and it stops once the wall time is spent
+    whatever the estimate. The learning-rate schedule reads ``total`` lazily, so a cosine decay follows the estimate;
+    `stop(step)` says when to leave the loop.
     """
 
     def __init__(self, steps: int | None, minutes: float | None = None, probe: int = 30):
@@ -128,20 +131,24 @@ class StepPlan:
         self._times: list[float] = []
         self._start = None
 
+    def _fit(self, step: int, now: float, since_step: int, since: float) -> None:
+        per_step = (now - since) / max(1, step - since_step)
+        fit = step + int((self.minutes * 60.0 - (now - self._start)) / max(per_step, 1e-6))
+        self.total = max(self.probe, fit if self.max_steps is None else min(fit, self.max_steps))
+
     def stop(self, step: int) -> bool:
         import time
 
         now = time.perf_counter()
         if self._start is None:
             self._start = now
-        if self.minutes is not None and step <= self.probe:
-            self._times.append(now)
-            if step == self.probe:
-                half = self._times[self.probe // 2:]
-                per_step = (half[-1] - half[0]) / max(1, len(half) - 1)
-                budget = self.minutes * 60.0 - (now - self._start)
-                fit = self.probe + int(budget / max(per_step, 1e-6))
-                self.total = max(self.probe, fit if self.max_steps is None else min(fit, self.max_steps))
+        if self.minutes is not None:
+            if step <= self.probe:
+                self._times.append(now)
+            if step >= self.probe and step % self.probe == 0:
+                self._fit(step, now, self.probe // 2, self._times[self.probe // 2])
+            if step > self.probe and now - self._start > self.minutes * 60.0:
+                self.total = step
         return step >= self.total
 
 
@@ -342,6 +349,9 @@ def train_vae(
     beta2: float = 0.99,
     minutes: float | None = None,
     schedule: str = "constant",
+    num_objects=(1, 2),
+    long_frames: int | None = None,
+    long_every: int = 0,
     show_progress: bool | None = None,
 ) -> list[float]:
     """Train `vae` (AutoencoderKLWan or AutoencoderKLHunyuanVideo) in place; returns the loss of every step.
@@ -349,7 +359,10 @@ def train_vae(
     `steps` steps, or with `minutes` as many as fit in that wall time (at most `steps` when also given; see
     `StepPlan`); `schedule` "cosine" decays the learning rate to a tenth at the last step. `fg_weight` multiplies
     the reconstruction loss on object pixels by ``1 + fg_weight``; `crop` trains on random square crops.
-    `sample_scale` scales the posterior noise of the decoded sample (0: a plain autoencoder on the posterior mean,
+    `num_objects` (an int or choices) sets the objects per training video: more objects, more object pixels per step.
+    Every `long_every`-th step trains on `long_frames`-frame clips instead of `frames`: the causal VAEs do not
+    extrapolate past the clip length they trained on (the zero padding at the start is in every receptive field of a
+    short clip), so the longest clip the pipelines generate must be seen. `sample_scale` scales the posterior noise of the decoded sample (0: a plain autoencoder on the posterior mean,
     which is what the pipelines encode with; it learns much faster). `mse_weight` adds that times the squared error
     to the per-pixel L1; `beta2` is AdamW's second-moment decay; ``grad_clip=0`` disables clipping.
     Batches are fresh `sample_videos` draws (seed derived from `seed` and the step); with `fixed_batch` every step
@@ -358,6 +371,8 @@ def train_vae(
     normalisation (unless `calibrate` is False) and the VAE is left in eval mode.
     """
     _check_shape(frames, height, width)
+    if long_every:
+        _check_shape(long_frames or 0, height, width)
     device = torch.device(device)
     torch.manual_seed(seed)
     _to_fp32(vae.to(device)).train()
@@ -366,7 +381,8 @@ def train_vae(
     ema = _EMA(vae, ema_decay) if ema_decay else None
     losses: list[torch.Tensor] = []
     for step in _progress(plan, "vae", show_progress):
-        x, _ = _videos(_step_seed(seed, step, fixed_batch), batch_size, frames, height, width, device)
+        clip = long_frames if long_every and step % long_every == long_every - 1 else frames
+        x, _ = _videos(_step_seed(seed, step, fixed_batch), batch_size, clip, height, width, device, num_objects)
         gen = torch.Generator().manual_seed(_step_seed(seed + 17, step, fixed_batch))
         weight = _foreground_weight(x, fg_weight) if fg_weight else torch.ones_like(x[:, :1])
         both = _random_crop(torch.cat([x, weight], dim=1), crop, gen)  # one window for video and weight
