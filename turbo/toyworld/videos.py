@@ -246,12 +246,8 @@ def _sample_object(generator: torch.Generator, colour: str, motion: str, small: 
     return ObjectSpec(shape, colour, motion, _uniform(generator, x_lo, x_hi), _uniform(generator, y_lo, y_hi), size)
 
 
-def sample_spec(generator: torch.Generator, num_objects: int) -> VideoSpec:
-    """A random VideoSpec: objects of distinct colours that stay inside the frame and never overlap."""
-    if num_objects < 1 or num_objects > len(COLOURS):
-        raise ValueError(f"num_objects must be in 1..{len(COLOURS)}, got {num_objects}")
-    background = _pick(generator, BACKGROUNDS)
-    t = torch.linspace(0, 1, 65)
+def _place_objects(generator: torch.Generator, num_objects: int, background: str, t: torch.Tensor):
+    """`num_objects` non-overlapping objects of distinct colours, or None when one found no room."""
     objects: list[ObjectSpec] = []
     for _ in range(num_objects):
         used = {o.colour for o in objects}
@@ -263,9 +259,24 @@ def sample_spec(generator: torch.Generator, num_objects: int) -> VideoSpec:
             if cand is not None and all(_boxes_apart(cand, o, t) for o in objects):
                 placed = cand
                 break
-        if placed is None:  # pragma: no cover - needs many objects in one frame
-            raise RuntimeError(f"could not place {num_objects} non-overlapping objects")
+        if placed is None:
+            return None
         objects.append(placed)
+    return objects
+
+
+def sample_spec(generator: torch.Generator, num_objects: int) -> VideoSpec:
+    """A random VideoSpec: objects of distinct colours that stay inside the frame and never overlap."""
+    if num_objects < 1 or num_objects > len(COLOURS):
+        raise ValueError(f"num_objects must be in 1..{len(COLOURS)}, got {num_objects}")
+    background = _pick(generator, BACKGROUNDS)
+    t = torch.linspace(0, 1, 65)
+    for _ in range(50):  # a crowded frame can leave no room for the last object: start the objects over
+        objects = _place_objects(generator, num_objects, background, t)
+        if objects is not None:
+            break
+    else:  # pragma: no cover - needs many objects in one frame
+        raise RuntimeError(f"could not place {num_objects} non-overlapping objects")
     return VideoSpec(tuple(objects), background)
 
 
