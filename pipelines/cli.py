@@ -107,11 +107,24 @@ def _load(args, device, dtype):
         from turbo.toyworld.train import ToyWorldWeightsError, load_toyworld
 
         try:
-            return load_toyworld(args.model, dtype=dtype).to(device), defaults
+            pipe = load_toyworld(args.model, dtype=dtype).to(device)
         except ToyWorldWeightsError as error:
             raise SystemExit(f"turbo: {error}") from None
+        return pipe, _toyworld_defaults(args.model)
     pipe = DiffusionPipeline.from_pretrained(args.model, torch_dtype=dtype)
     return pipe.to(device), defaults
+
+
+def _toyworld_defaults(model: str) -> dict:
+    """Call defaults of a ToyWorld pipeline directory: its demo setting (from the recipe's sizes), 50 steps, CFG 5."""
+    import json
+    from pathlib import Path
+
+    recipe = Path(model) / "toyworld_recipe.json"
+    sizes = json.loads(recipe.read_text(encoding="utf-8")).get("sizes", {}) if recipe.is_file() else {}
+    return {"height": sizes.get("demo_height", 256), "width": sizes.get("demo_width", 256),
+            "num_frames": sizes.get("demo_frames", 17), "num_inference_steps": 50, "guidance_scale": 5.0,
+            "toyworld": True}
 
 
 def _call_kwargs(args, pipe, defaults) -> dict:
@@ -125,6 +138,10 @@ def _call_kwargs(args, pipe, defaults) -> dict:
     }
     if args.guidance is not None or "guidance_scale" in defaults:
         kwargs["guidance_scale"] = args.guidance if args.guidance is not None else defaults["guidance_scale"]
+    if defaults.get("toyworld"):  # CFG the way the ToyWorld models were trained for (HunyuanVideo: true CFG + template)
+        from turbo.toyworld.models import sampling_kwargs
+
+        kwargs.update(sampling_kwargs(pipe, kwargs.pop("guidance_scale")))
     if args.negative_prompt is not None:
         kwargs["negative_prompt"] = args.negative_prompt
     name = type(pipe).__name__

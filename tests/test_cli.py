@@ -76,3 +76,21 @@ def test_generate_verifies_toyworld_checksums(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     assert weights.name in str(exit_info.value)
+
+
+def test_toyworld_directories_get_their_demo_setting_and_true_cfg(tmp_path):
+    """A ToyWorld HunyuanVideo directory: the demo size from its recipe and CFG as trained (true CFG + plain template)."""
+    from pipelines.cli import _call_kwargs, _toyworld_defaults, build_parser
+    from turbo.toyworld.models import ToyWorldSizes, build_pipeline
+    from turbo.toyworld.train import save_toyworld
+
+    sizes = ToyWorldSizes.tiny()
+    save_toyworld(build_pipeline("hunyuan-t2v", sizes), tmp_path / "tw", dtype=None,
+                  recipe={"sizes": {"demo_height": 48, "demo_width": 32, "demo_frames": 9}})
+    defaults = _toyworld_defaults(str(tmp_path / "tw"))
+    args = build_parser().parse_args(["generate", "--model", str(tmp_path / "tw"), "--guidance", "3"])
+    pipe = type("HunyuanVideoPipeline", (), {})()
+    kwargs = _call_kwargs(args, pipe, defaults)
+    assert (kwargs["height"], kwargs["width"], kwargs["num_frames"]) == (48, 32, 9)
+    assert kwargs["true_cfg_scale"] == 3.0 and kwargs["negative_prompt"] == "" and "guidance_scale" not in kwargs
+    assert kwargs["prompt_template"]["crop_start"] == 0
