@@ -67,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--objects", type=_ints, default=(2, 3, 4), help="objects per training video, e.g. 2,3,4")
     v.add_argument("--long-frames", type=int, default=33, help="clip length of every --long-every-th step")
     v.add_argument("--long-every", type=int, default=4, help="0: train on --frames clips only")
+    v.add_argument("--residual", action="store_true", help="Wan VAE with Wan2.2-style residual up/down blocks")
     v.add_argument("--vae-width", type=int, default=None,
                    help="Wan base_dim / HunyuanVideo first-block channels (default: the ToyWorld sizes)")
     _budget(v)
@@ -168,6 +169,10 @@ def cmd_vae(args) -> dict:
     if args.vae_width:
         field = "vae_base_dim" if args.family == "wan" else "hunyuan_vae_channels"
         sizes = dataclasses.replace(sizes, **{field: args.vae_width})
+    if args.residual:
+        if args.family != "wan":
+            raise SystemExit("--residual is an AutoencoderKLWan option (--family wan)")
+        sizes = dataclasses.replace(sizes, vae_residual=True)
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True  # fixed clip/crop shapes: let cuDNN pick the 3-D convolution algorithms
     height, width = args.height or sizes.height, args.width or sizes.width

@@ -81,8 +81,10 @@ class ToyWorldSizes:
     demo_frames: int = 17
     demo_height: int = 256
     demo_width: int = 256
-    # Wan VAE (AutoencoderKLWan, 8x spatial, 4x temporal, z_dim 16 as the pipelines require)
+    # Wan VAE (AutoencoderKLWan, 8x spatial, 4x temporal, z_dim 16 as the pipelines require); `vae_residual`: the
+    # Wan2.2-style blocks (average-pool / duplicate shortcuts around every down- and up-sampling)
     vae_base_dim: int = 8
+    vae_residual: bool = False
     # UMT5 text encoder (Wan)
     text_dim: int = 64
     text_layers: int = 2
@@ -155,6 +157,7 @@ def build_vae(sizes: ToyWorldSizes = DEFAULT_SIZES, seed: int = 0):
         temperal_downsample=[False, True, True],
         latents_mean=[0.0] * 16,
         latents_std=[1.0] * 16,
+        is_residual=sizes.vae_residual,
     )
 
 
