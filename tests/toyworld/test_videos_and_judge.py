@@ -240,6 +240,21 @@ def test_wrong_prompts_are_judged_wrong(ground_truth):
     assert not judge(videos[0], caption(spec)).background_ok
 
 
+def test_noise_does_not_pass_for_objects():
+    """Clutter is not an object: per-pixel noise and blocky random colour fields match no prompted colour, although
+    every palette colour occurs in them (the judge once read 63 % colour accuracy on pure noise)."""
+    from turbo.eval.harness import prompt_set
+
+    rng = np.random.default_rng(0)
+    prompts = [p for p, _ in prompt_set(30, 0)]
+    noise = [rng.random((F, H, W, 3)).astype(np.float32) for _ in prompts]
+    blocks = [np.repeat(rng.random((1, 8, 8, 3)).repeat(H // 8, 1).repeat(W // 8, 2), F, 0).astype(np.float32)
+              for _ in prompts]
+    for videos in (noise, blocks):
+        acc = aggregate([judge(v, p) for v, p in zip(videos, prompts, strict=True)])
+        assert acc["colour"] == 0.0 and acc["shape"] == 0.0 and acc["motion"] == 0.0, acc
+
+
 def test_judge_never_crashes_on_empty_or_odd_videos():
     prompt = "a red circle moving left and a blue square bouncing on a gray background"
     for video in (np.full((F, H, W, 3), 0.5, np.float32),  # empty gray

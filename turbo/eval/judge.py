@@ -3,7 +3,9 @@
 Per frame: the background is the median colour of the frame border; foreground pixels are far from it; connected
 components of the foreground are objects, each classified by colour (nearest palette colour of the median of its
 core pixels) and described by a soft coverage map (alpha of each pixel between background and object colour).
-Objects are tracked by colour over frames. Shape comes from scale-free features of the soft coverage (fill of the
+Components whose pixels are mostly not of their own colour are clutter, not objects, and a track seen in fewer than
+`MIN_PRESENCE` of the frames is dropped (so noise does not pass for the prompted colours). Objects are tracked by
+colour over frames. Shape comes from scale-free features of the soft coverage (fill of the
 bounding box, vertical offset of the centroid), motion from the centroid track and the area over frames. Detected
 objects are matched to prompted ones by colour; a prompted object with no detection of its colour takes the most
 persistent unclaimed detection (so its shape and motion are still judged) and has `colour_ok` False.
@@ -29,7 +31,9 @@ _BG = np.array([BACKGROUNDS[b] for b in _BG_NAMES], dtype=np.float32)
 
 FOREGROUND_DISTANCE = 60.0  # RGB distance (0–255) from the background that makes a pixel foreground
 MIN_AREA_FRACTION = 0.004  # components smaller than this fraction of the frame are noise
-MIN_PRESENCE = 0.3  # a track seen in fewer than this fraction of frames is not an object (fallback matching)
+MIN_PRESENCE = 0.3  # a track seen in fewer than this fraction of frames is not an object
+MIN_COHERENCE = 0.5  # a component whose pixels mostly differ from its own colour is clutter (noise), not an object
+COHERENCE_DISTANCE = 60.0  # RGB distance (0–255) from the background–colour blend line that still counts as a blend
 STILL_FRACTION = 0.1  # net displacement below this fraction of the frame: still
 GROWING_AREA_RATIO = 1.8  # late area / early area above this: growing (rendered growth gives ≈ 3.2)
 
@@ -128,6 +132,11 @@ def _describe(frame: np.ndarray, bg: np.ndarray, dist: np.ndarray, mask: np.ndar
     span = colour - bg
     norm2 = float(span @ span)
     if norm2 < 1.0:
+        return None
+    # a solid shape's pixels are blends of its colour and the background (its anti-aliased rim); noise's are not
+    rel = frame[mask] - bg
+    off_line = rel - np.clip((rel @ span) / norm2, 0.0, 1.0)[:, None] * span[None]
+    if float((np.sqrt((off_line**2).sum(axis=-1)) < COHERENCE_DISTANCE).mean()) < MIN_COHERENCE:
         return None
     region = cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
     alpha = ((frame - bg) @ span) / norm2
@@ -296,7 +305,9 @@ def judge(video, prompt: str) -> JudgeResult:
     for o in parsed.objects:
         if o.colour is not None:
             wanted[o.colour] = wanted.get(o.colour, 0) + 1
-    tracks = _tracks(per_frame, wanted)
+    # an object persists: a colour seen only now and then (noise, flicker) is not one
+    tracks = {c: kept for c, ts in _tracks(per_frame, wanted).items()
+              if (kept := [t for t in ts if len(t) >= MIN_PRESENCE * n_frames])}
     claimed: dict[str, int] = {}
     assignments: list[tuple[str | None, list]] = []
     for o in parsed.objects:
@@ -309,7 +320,6 @@ def judge(video, prompt: str) -> JudgeResult:
             assignments.append((None, []))
     # prompted objects with no detection of their colour take the most persistent unclaimed detection
     leftovers = [(c, t) for c, ts in tracks.items() for j, t in enumerate(ts) if j >= claimed.get(c, 0)]
-    leftovers = [(c, t) for c, t in leftovers if len(t) >= MIN_PRESENCE * n_frames]
     leftovers.sort(key=lambda ct: (-len(ct[1]), -float(np.median([d.area for _, d in ct[1]]))))
     for k, (colour, _track) in enumerate(assignments):
         if colour is None and leftovers:
