@@ -131,8 +131,10 @@ class StepPlan:
         self._times: list[float] = []
         self._start = None
 
-    def _fit(self, step: int, now: float, since_step: int, since: float) -> None:
-        per_step = (now - since) / max(1, step - since_step)
+    def _fit(self, step: int, now: float) -> None:
+        """``total`` from the rate since step ``probe // 2`` (the first steps include warm-up costs)."""
+        since_step = self.probe // 2
+        per_step = (now - self._times[since_step]) / max(1, step - since_step)
         fit = step + int((self.minutes * 60.0 - (now - self._start)) / max(per_step, 1e-6))
         self.total = max(self.probe, fit if self.max_steps is None else min(fit, self.max_steps))
 
@@ -146,7 +148,7 @@ class StepPlan:
             if step <= self.probe:
                 self._times.append(now)
             if step >= self.probe and step % self.probe == 0:
-                self._fit(step, now, self.probe // 2, self._times[self.probe // 2])
+                self._fit(step, now)
             if step > self.probe and now - self._start > self.minutes * 60.0:
                 self.total = step
         return step >= self.total
