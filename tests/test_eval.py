@@ -209,3 +209,11 @@ def test_image_to_video_eval_conditions_on_the_captions_first_frame():
     table = evaluate(pipe, "dense", "dense", prompts, {"height": 64, "width": 64, "num_frames": 9,
                                                       "num_inference_steps": 2}, progress=False)
     assert table.summary()["psnr"] == float("inf")
+
+
+def test_table_json_keeps_setting_dicts_and_drops_images():
+    """HunyuanVideo's prompt_template (a dict of settings) is part of the recorded call; an image is not JSON."""
+    table = EvalTable("dense", "dense", {"num_frames": 9, "prompt_template": {"template": "{}", "crop_start": 0},
+                                         "image": np.zeros((4, 4, 3)), "nested": {"a": [1]}})
+    kwargs = json.loads(json.dumps(table.to_dict()))["call_kwargs"]
+    assert kwargs == {"num_frames": 9, "prompt_template": {"template": "{}", "crop_start": 0}}

@@ -194,7 +194,9 @@ class EvalTable:
 
     def to_dict(self) -> dict[str, Any]:
         """Everything as plain JSON types; non-finite floats become the strings "inf", "-inf" and "nan"."""
-        kwargs = {k: v for k, v in self.call_kwargs.items() if isinstance(v, (str, int, float, bool, type(None)))}
+        scalar = (str, int, float, bool, type(None))  # images and tensors are left out; a dict of settings is kept
+        kwargs = {k: v for k, v in self.call_kwargs.items()
+                  if isinstance(v, scalar) or (isinstance(v, dict) and all(isinstance(x, scalar) for x in v.values()))}
         return _json_safe({
             "reference": self.reference,
             "candidate": self.candidate,
@@ -363,7 +365,9 @@ class AccuracyReport:
         return aggregate(self.results)
 
     def to_dict(self) -> dict[str, Any]:
-        kwargs = {k: v for k, v in self.call_kwargs.items() if isinstance(v, (str, int, float, bool, type(None)))}
+        scalar = (str, int, float, bool, type(None))  # images and tensors are left out; a dict of settings is kept
+        kwargs = {k: v for k, v in self.call_kwargs.items()
+                  if isinstance(v, scalar) or (isinstance(v, dict) and all(isinstance(x, scalar) for x in v.values()))}
         return _json_safe({
             "config": self.config,
             "call_kwargs": kwargs,
