@@ -150,3 +150,27 @@ def test_residual_wan_vae_trains_and_generates(tmp_path):
     video = pipe("a red circle moving left on a gray background", height=32, width=32, num_frames=5,
                  num_inference_steps=1, output_type="np", generator=torch.Generator().manual_seed(0)).frames[0]
     assert video.shape == (5, 32, 32, 3) and np.isfinite(video).all()
+
+
+def test_training_keeps_no_batch_alive(monkeypatch):
+    """No step's latents, targets or text embeddings outlive the step (GPU memory grew with the steps once; this pins
+    down that the Python side holds nothing — the CPU part of that hunt)."""
+    import gc
+    import weakref
+
+    import turbo.toyworld.train as T
+
+    refs = []
+    original = T._flow_batch
+
+    def spy(*args, **kwargs):
+        xt, timestep, target, cond = out = original(*args, **kwargs)
+        refs.append([weakref.ref(t) for t in (xt, target, args[1]["x0"], *cond.values())])
+        return out
+
+    monkeypatch.setattr(T, "_flow_batch", spy)
+    pipe = build_pipeline("hunyuan-t2v", TINY, seed=0)
+    train_pipeline(pipe, "hunyuan-t2v", 6, batch_size=2, frames=(5, 9), height=32, width=32, pool_size=3,
+                   ema_decay=0.9, show_progress=False)
+    gc.collect()
+    assert len(refs) == 6 and all(r() is None for step in refs for r in step)
