@@ -46,6 +46,8 @@ def _budget(p: argparse.ArgumentParser) -> None:
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                   help="train eagerly (default on CUDA: each step replays a captured CUDA graph)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -183,7 +185,7 @@ def cmd_vae(args) -> dict:
                        calibrate_frames=sizes.frames, fg_weight=args.fg_weight, crop=args.crop or None,
                        sample_scale=args.sample_scale, mse_weight=args.mse_weight, beta2=args.beta2,
                        grad_clip=args.grad_clip, warmup=args.warmup, num_objects=args.objects,
-                       long_frames=args.long_frames, long_every=args.long_every)
+                       long_frames=args.long_frames, long_every=args.long_every, cuda_graphs=args.cuda_graphs)
     check = None
     if args.check:
         check = reconstruction_check(vae, args.check, sizes.frames, height, width, device=device)
@@ -216,13 +218,15 @@ def cmd_train(args) -> dict:
     vae_losses: list[float] = []
     if not args.vae:
         vae_losses = train_vae(pipe.vae, args.vae_steps or args.steps or 100, args.batch_size, frames[0], height,
-                               width, seed=args.seed, device=device, log_every=args.log_every)
+                               width, seed=args.seed, device=device, log_every=args.log_every,
+                               cuda_graphs=args.cuda_graphs)
     max_len = sizes.hunyuan_max_sequence_length if args.kind == "hunyuan-t2v" else sizes.max_sequence_length
     losses = train_pipeline(
         pipe, args.kind, args.steps, batch_size=args.batch_size, frames=frames, height=height, width=width,
         seed=args.seed, device=device, lr=args.lr or 3e-4, cfg_dropout=args.cfg_dropout, ema_decay=args.ema,
         timestep_shift=args.timestep_shift, max_sequence_length=max_len, log_every=args.log_every,
         pool_size=args.pool_size, minutes=args.minutes, schedule=args.schedule, warmup=args.warmup,
+        cuda_graphs=args.cuda_graphs,
     )  # fmt: skip
     pipe.to("cpu")
     recipe = _recipe(args, sizes, device, start, losses, kind=args.kind, frames=list(frames),

@@ -79,7 +79,8 @@ def test_generate_verifies_toyworld_checksums(tmp_path, capsys):
 
 
 def test_toyworld_directories_get_their_demo_setting_and_true_cfg(tmp_path):
-    """A ToyWorld HunyuanVideo directory: the demo size from its recipe and CFG as trained (true CFG + plain template)."""
+    """A ToyWorld HunyuanVideo directory: the demo size from its recipe and CFG as trained (true CFG, plain
+    template)."""
     from pipelines.cli import _call_kwargs, _toyworld_defaults, build_parser
     from turbo.toyworld.models import ToyWorldSizes, build_pipeline
     from turbo.toyworld.train import save_toyworld

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from turbo.errors import TurboError
+from turbo.toyworld.graphed_step import GraphedStep
 from turbo.toyworld.tokenizer import encode_prompts
 from turbo.toyworld.videos import sample_videos
 
@@ -62,8 +63,8 @@ class ToyWorldWeightsError(TurboError, OSError):
 
 
 def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type == "cuda":  # no cast cache: a captured CUDA graph must not keep casts across steps
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
 
 
@@ -98,9 +99,10 @@ class _EMA:
 
     @torch.no_grad()
     def update(self, module: torch.nn.Module) -> None:
-        for n, p in module.named_parameters():
-            if n in self.shadow:
-                self.shadow[n].lerp_(p.detach(), 1 - self.decay)
+        pairs = [(self.shadow[n], p.detach()) for n, p in module.named_parameters() if n in self.shadow]
+        if pairs:
+            shadow, live = zip(*pairs, strict=True)
+            torch._foreach_lerp_(list(shadow), list(live), 1 - self.decay)
 
     @torch.no_grad()
     def copy_to(self, module: torch.nn.Module) -> None:
@@ -154,13 +156,37 @@ class StepPlan:
         return step >= self.total
 
 
+class _TensorLambdaLR:
+    """`LambdaLR` for an optimizer whose learning rate is a device tensor (capturable AdamW): the rate is written into
+    that tensor in place, so a captured CUDA graph reads each step's value."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, factor):
+        self.optimizer, self.factor, self.last_epoch = optimizer, factor, 0
+        self.base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
+        self._apply()
+
+    def _apply(self) -> None:
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"].fill_(base * self.factor(self.last_epoch))
+
+    def step(self) -> None:
+        self.last_epoch += 1
+        self._apply()
+
+
 def _optimizer(module, lr, weight_decay, plan: StepPlan, warmup, schedule: str = "constant", min_lr: float = 0.1,
-               beta2: float = 0.99):
-    """AdamW with a linear warm-up, then a constant rate or a cosine decay to ``min_lr * lr`` at ``plan.total``."""
+               beta2: float = 0.99, capturable: bool = False):
+    """AdamW with a linear warm-up, then a constant rate or a cosine decay to ``min_lr * lr`` at ``plan.total``.
+
+    `capturable`: an AdamW that a CUDA graph can capture (state and learning rate on the device)."""
     if schedule not in ("constant", "cosine"):
         raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
     params = [p for p in module.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, beta2), weight_decay=weight_decay)
+    if capturable:
+        opt = torch.optim.AdamW(params, lr=torch.tensor(float(lr), device=params[0].device), betas=(0.9, beta2),
+                                weight_decay=weight_decay, capturable=True, foreach=True)
+    else:
+        opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, beta2), weight_decay=weight_decay)
     warmup = max(0, warmup if plan.max_steps is None else min(warmup, plan.max_steps // 10))
 
     def factor(s: int) -> float:
@@ -172,7 +198,7 @@ def _optimizer(module, lr, weight_decay, plan: StepPlan, warmup, schedule: str =
         progress = min(1.0, (s - warmup) / span)
         return min_lr + (1 - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    sched = _TensorLambdaLR(opt, factor) if capturable else torch.optim.lr_scheduler.LambdaLR(opt, factor)
     return params, opt, sched
 
 
@@ -294,33 +320,35 @@ def _decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
     return torch.cat(frames, dim=2)
 
 
-def _vae_step_loss(vae, x: torch.Tensor, kl_weight: float, generator: torch.Generator | None,
-                   weight: torch.Tensor | None = None, sample_scale: float = 1.0, mse_weight: float = 0.0):
+def _vae_step_loss(vae, x: torch.Tensor, weight: torch.Tensor, noise: torch.Tensor | None, kl_weight: float,
+                   mse_weight: float = 0.0) -> torch.Tensor:
+    """Weighted L1 (+ `mse_weight` x squared error) reconstruction of `x` [B, 3, F, H, W] plus `kl_weight` x KL.
+
+    The decoded latent is the posterior mean plus ``noise * std`` (`noise` already scaled; None: the mean itself).
+    `weight` [B, 1, F, H, W] weighs the pixels (the loss is normalised by its mean)."""
     dist = vae.encode(x).latent_dist
-    z = dist.mean
-    if sample_scale:
-        noise = torch.randn(dist.mean.shape, generator=generator).to(x.device, dist.mean.dtype)
-        z = z + sample_scale * dist.std * noise
+    z = dist.mean if noise is None else dist.mean + dist.std * noise
     rec = _decode_unclamped(vae, z)
     kl = 0.5 * (dist.mean.pow(2) + dist.var - 1.0 - dist.logvar).mean()
     diff = rec.float() - x.float()
     error = diff.abs() + mse_weight * diff.pow(2) if mse_weight else diff.abs()
-    if weight is not None:
-        return (error * weight).mean() / weight.mean() + kl_weight * kl
-    return error.mean() + kl_weight * kl
+    return (error * weight).mean() / weight.mean() + kl_weight * kl
 
 
-def _optimizer_step(loss, opt, sched, params, grad_clip, ema, model) -> torch.Tensor:
-    """One update: backward, optional gradient clipping, optimizer and schedule step, EMA. Returns the detached loss."""
-    opt.zero_grad(set_to_none=True)
+def _latent_shape(x: torch.Tensor, z_dim: int = 16) -> tuple[int, ...]:
+    """Latent shape of a [B, 3, F, H, W] video: both VAE families compress 4x in time (causally) and 8x in space."""
+    b, _, f, h, w = x.shape
+    return (b, z_dim, (f - 1) // 4 + 1, h // 8, w // 8)
+
+
+def _update(loss, opt, params, grad_clip, ema, model) -> None:
+    """Backward, optional gradient clipping, optimizer step and EMA (no CPU synchronisation: CUDA-graph safe)."""
     loss.backward()
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
     opt.step()
-    sched.step()
     if ema is not None:
         ema.update(model)
-    return loss.detach()
 
 
 def train_vae(
@@ -354,6 +382,7 @@ def train_vae(
     num_objects=(1, 2),
     long_frames: int | None = None,
     long_every: int = 0,
+    cuda_graphs: bool = True,
     show_progress: bool | None = None,
 ) -> list[float]:
     """Train `vae` (AutoencoderKLWan or AutoencoderKLHunyuanVideo) in place; returns the loss of every step.
@@ -364,13 +393,15 @@ def train_vae(
     `num_objects` (an int or choices) sets the objects per training video: more objects, more object pixels per step.
     Every `long_every`-th step trains on `long_frames`-frame clips instead of `frames`: the causal VAEs do not
     extrapolate past the clip length they trained on (the zero padding at the start is in every receptive field of a
-    short clip), so the longest clip the pipelines generate must be seen. `sample_scale` scales the posterior noise of the decoded sample (0: a plain autoencoder on the posterior mean,
-    which is what the pipelines encode with; it learns much faster). `mse_weight` adds that times the squared error
-    to the per-pixel L1; `beta2` is AdamW's second-moment decay; ``grad_clip=0`` disables clipping.
-    Batches are fresh `sample_videos` draws (seed derived from `seed` and the step); with `fixed_batch` every step
-    sees the same batch and the same posterior noise (an overfit check). The VAE trains in fp32 (also on CUDA: the
-    Wan causal convolutions are small and bf16 hurts reconstruction). Afterwards `calibrate_vae` sets the latent
-    normalisation (unless `calibrate` is False) and the VAE is left in eval mode.
+    short clip), so the longest clip the pipelines generate must be seen. `sample_scale` scales the posterior noise
+    of the decoded sample (0: a plain autoencoder on the posterior mean, which is what the pipelines encode with; it
+    learns much faster). `mse_weight` adds that times the squared error to the per-pixel L1; `beta2` is AdamW's
+    second-moment decay; ``grad_clip=0`` disables clipping. Batches are fresh `sample_videos` draws (seed derived
+    from `seed` and the step); with `fixed_batch` every step sees the same batch and the same posterior noise (an
+    overfit check). The VAE trains in fp32 (also on CUDA: the Wan causal convolutions are small and bf16 hurts
+    reconstruction). Afterwards `calibrate_vae` sets the latent
+    normalisation (unless `calibrate` is False) and the VAE is left in eval mode. On CUDA with `cuda_graphs` each
+    step (forward, backward, update) replays a CUDA graph per clip length (see `GraphedStep`).
     """
     _check_shape(frames, height, width)
     if long_every:
@@ -379,8 +410,16 @@ def train_vae(
     torch.manual_seed(seed)
     _to_fp32(vae.to(device)).train()
     plan = StepPlan(steps, minutes)
-    params, opt, sched = _optimizer(vae, lr, weight_decay, plan, warmup, schedule, beta2=beta2)
+    graphs = cuda_graphs and device.type == "cuda"
+    params, opt, sched = _optimizer(vae, lr, weight_decay, plan, warmup, schedule, beta2=beta2, capturable=graphs)
     ema = _EMA(vae, ema_decay) if ema_decay else None
+
+    def step_fn(x, weight, *noise):
+        loss = _vae_step_loss(vae, x, weight, noise[0] if noise else None, kl_weight, mse_weight)
+        _update(loss, opt, params, grad_clip, ema, vae)
+        return loss
+
+    step_fn = GraphedStep(step_fn, opt, graphs)
     losses: list[torch.Tensor] = []
     for step in _progress(plan, "vae", show_progress):
         clip = long_frames if long_every and step % long_every == long_every - 1 else frames
@@ -388,9 +427,10 @@ def train_vae(
         gen = torch.Generator().manual_seed(_step_seed(seed + 17, step, fixed_batch))
         weight = _foreground_weight(x, fg_weight) if fg_weight else torch.ones_like(x[:, :1])
         both = _random_crop(torch.cat([x, weight], dim=1), crop, gen)  # one window for video and weight
-        x, weight = both[:, :3], (both[:, 3:] if fg_weight else None)
-        loss = _vae_step_loss(vae, x, kl_weight, gen, weight, sample_scale, mse_weight)
-        losses.append(_optimizer_step(loss, opt, sched, params, grad_clip, ema, vae))
+        x, weight = both[:, :3], both[:, 3:]
+        noise = (sample_scale * torch.randn(_latent_shape(x), generator=gen).to(device),) if sample_scale else ()
+        losses.append(step_fn(x, weight, *noise))
+        sched.step()
         _log("vae", step, plan, losses, log_every)
     values = _finish("train_vae", losses)
     if ema is not None:
@@ -528,10 +568,34 @@ def _latent_pool(kind, seed, size, chunk, frames, height, width, device, vae, im
     return pool
 
 
+def _pool_text(pool: dict, kind, chunk, max_len, device, tokenizer, text_encoder, tokenizer_2, text_encoder_2) -> None:
+    """Encode the pool's captions and the empty prompt once (``pool["text"]``, ``pool["empty_text"]``, fp32): the text
+    encoders are frozen and deterministic, so the steps then only gather rows."""
+    def encode(caps: list[str]) -> dict:
+        return _text_condition(kind, caps, tokenizer, text_encoder, tokenizer_2, text_encoder_2, max_len, device)
+
+    captions = pool["captions"]
+    parts = [encode(captions[i:i + chunk]) for i in range(0, len(captions), chunk)]
+    pool["text"] = {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
+    pool["empty_text"] = encode([""])
+
+
 def _take(pool: dict, index: torch.Tensor) -> dict:
-    picked = {k: v[index.to(v.device)].float() for k, v in pool.items() if k != "captions"}
+    picked = {k: v[index.to(v.device)].float() for k, v in pool.items() if isinstance(v, torch.Tensor)}
     picked["captions"] = [pool["captions"][i] for i in index.tolist()]
+    if "text" in pool:
+        picked["text"] = {k: v[index.to(v.device)] for k, v in pool["text"].items()}
+        picked["empty_text"] = pool["empty_text"]
     return picked
+
+
+def _dropped_condition(text: dict, empty: dict, drop: torch.Tensor) -> dict:
+    """Per sample, the empty prompt's text condition where `drop` [B] (bool) is set, else the caption's."""
+    out = {}
+    for key, value in text.items():
+        mask = drop.to(value.device).view(-1, *([1] * (value.dim() - 1)))
+        out[key] = torch.where(mask, empty[key].expand_as(value), value)
+    return out
 
 
 def _flow_batch(kind, clean, gen, cfg_dropout, timestep_shift, logit_mean, logit_std, max_len, device, tokenizer,
@@ -539,14 +603,19 @@ def _flow_batch(kind, clean, gen, cfg_dropout, timestep_shift, logit_mean, logit
     """(x_t [with the I2V condition channels], 1000 t, target eps - x0, transformer kwargs) of one training batch.
 
     Captions are dropped to the empty prompt with probability `cfg_dropout` (the I2V image condition is kept, as the
-    pipeline's negative branch keeps it); noise and t come from the CPU generator `gen`.
+    pipeline's negative branch keeps it); dropout and t come from the CPU generator `gen`, the noise from a device
+    generator seeded from it. A pooled batch carries its text condition (`_pool_text`): no text encoder runs here.
     """
     x0 = clean["x0"]
     batch_size = x0.shape[0]
     drop = torch.rand(batch_size, generator=gen) < cfg_dropout
-    captions = ["" if d else c for c, d in zip(clean["captions"], drop.tolist(), strict=True)]
-    cond = _text_condition(kind, captions, tokenizer, text_encoder, tokenizer_2, text_encoder_2, max_len, device)
-    noise = torch.randn(x0.shape, generator=gen).to(device)
+    if "text" in clean:  # encoded with the pool
+        cond = _dropped_condition(clean["text"], clean["empty_text"], drop)
+    else:
+        captions = ["" if d else c for c, d in zip(clean["captions"], drop.tolist(), strict=True)]
+        cond = _text_condition(kind, captions, tokenizer, text_encoder, tokenizer_2, text_encoder_2, max_len, device)
+    noise_seed = int(torch.randint(2**62, (1,), generator=gen))  # the noise is drawn on the device (large batches)
+    noise = torch.randn(x0.shape, generator=torch.Generator(device).manual_seed(noise_seed), device=device)
     t = _sample_t(gen, batch_size, logit_mean, logit_std, timestep_shift).to(device)
     tt = t.view(-1, 1, 1, 1, 1)
     xt = (1 - tt) * x0 + tt * noise
@@ -593,6 +662,7 @@ def train_transformer(
     pool_size: int = 0,
     minutes: float | None = None,
     schedule: str = "constant",
+    cuda_graphs: bool = True,
     show_progress: bool | None = None,
 ) -> list[float]:
     """Train `transformer` in place with rectified flow matching; returns the loss of every step.
@@ -607,6 +677,7 @@ def train_transformer(
     and each step draws its batch from that pool (fresh caption dropout, noise and t every step): the VAE encoder then
     costs nothing per step. `steps`, `minutes` and `schedule` work as in `train_vae`.
     With `fixed_batch` every step uses the same videos, captions, caption dropout, noise and t (an overfit check).
+    On CUDA with `cuda_graphs` each step (forward, backward, update) replays a CUDA graph (see `GraphedStep`).
     """
     from turbo.toyworld.models import KINDS
 
@@ -631,11 +702,25 @@ def train_transformer(
     if pool_size and not fixed_batch:
         for i, f in enumerate(frame_counts):
             pools[f] = _latent_pool(kind, seed + 101 * i, pool_size, batch_size, f, height, width, device, *encoders)
+            _pool_text(pools[f], kind, batch_size, max_len, device, tokenizer, text_encoder, tokenizer_2,
+                       text_encoder_2)
         logger.info("%s: latent pool of %d videos per frame count %s ready", kind, pool_size, frame_counts)
     _to_fp32(transformer.to(device)).train()
     plan = StepPlan(steps, minutes)
-    params, opt, sched = _optimizer(transformer, lr, weight_decay, plan, warmup, schedule)
+    graphs = cuda_graphs and device.type == "cuda"
+    params, opt, sched = _optimizer(transformer, lr, weight_decay, plan, warmup, schedule, capturable=graphs)
     ema = _EMA(transformer, ema_decay) if ema_decay else None
+    cond_keys: list[str] = []
+
+    def step_fn(xt, timestep, target, *cond_values):
+        cond = dict(zip(cond_keys, cond_values, strict=True))
+        with _autocast(device):
+            pred = transformer(hidden_states=xt, timestep=timestep, return_dict=False, **cond)[0]
+        loss = F.mse_loss(pred.float(), target.float())
+        _update(loss, opt, params, grad_clip, ema, transformer)
+        return loss
+
+    step_fn = GraphedStep(step_fn, opt, graphs)
     losses: list[torch.Tensor] = []
     cached = None
     for step in _progress(plan, kind, show_progress):
@@ -652,10 +737,9 @@ def train_transformer(
         xt, timestep, target, cond = cached
         if not fixed_batch:
             cached = None
-        with _autocast(device):
-            pred = transformer(hidden_states=xt, timestep=timestep, return_dict=False, **cond)[0]
-        loss = F.mse_loss(pred.float(), target.float())
-        losses.append(_optimizer_step(loss, opt, sched, params, grad_clip, ema, transformer))
+        cond_keys[:] = sorted(cond)
+        losses.append(step_fn(xt, timestep, target, *(cond[k] for k in cond_keys)))
+        sched.step()
         _log(kind, step, plan, losses, log_every)
     values = _finish(f"train_transformer({kind})", losses)
     if ema is not None:
