@@ -1,6 +1,7 @@
 """Training steps per second of the ToyWorld models, eager vs CUDA-graph replay, on one GPU.
 
-For each (model, batch size): run `--steps` training steps eagerly and with CUDA graphs (default ToyWorld sizes,
+For each (model, batch size): run `--steps` training steps eagerly, with CUDA graphs and (transformers, `--compile`)
+with CUDA graphs around a torch.compile'd forward (default ToyWorld sizes,
 256 x 256, the recipe's clip lengths) and time steps ``--skip`` .. end (after warm-up and capture) with a CUDA sync at
 both ends. Prints one line per run and the speed-up. Usage:
 
@@ -45,6 +46,7 @@ def main() -> None:
     p.add_argument("--vae-batch", type=int, nargs="*", default=[24])
     p.add_argument("--batch", type=int, nargs="*", default=[24, 96])
     p.add_argument("--kinds", nargs="*", default=["wan-t2v", "hunyuan-t2v"])
+    p.add_argument("--compile", action="store_true", help="also time graphed + torch.compile'd transformers")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.backends.cudnn.benchmark = True
@@ -53,25 +55,27 @@ def main() -> None:
     runs = [("wan-vae", b) for b in args.vae_batch] + [(k, b) for k in args.kinds for b in args.batch]
     for model, batch in runs:
         per_step = {}
-        for graphs in (False, True):
+        variants = [(False, False), (True, False)] + ([(True, True)] if model != "wan-vae" and args.compile else [])
+        for graphs, compiled in variants:
             if model == "wan-vae":
                 def run(steps, graphs=graphs, batch=batch):
                     T.train_vae(build_vae(sizes), steps, batch, frames=9, long_frames=33, long_every=4, crop=128,
                                 device="cuda", calibrate=False, sample_scale=0.0, fg_weight=10.0, mse_weight=1.0,
                                 num_objects=(2, 3, 4), cuda_graphs=graphs, show_progress=False, log_every=10**9)
             else:
-                def run(steps, graphs=graphs, batch=batch, model=model):
+                def run(steps, graphs=graphs, compiled=compiled, batch=batch, model=model):
                     pipe = build_pipeline(model, sizes)
                     T.train_pipeline(pipe, model, steps, batch_size=batch, frames=(33, 17), device="cuda",
                                      pool_size=max(64, batch), ema_decay=0.998, cuda_graphs=graphs,
-                                     show_progress=False, log_every=10**9)
-            per_step[graphs] = _timed(run, args.steps, args.skip)
+                                     compile_model=compiled, show_progress=False, log_every=10**9)
+            key = ("eager", "graphed", "graphed+compiled")[graphs + compiled]
+            per_step[key] = _timed(run, args.steps, args.skip)
             torch.cuda.empty_cache()
-            print(f"{model} batch {batch} {'graphed' if graphs else 'eager'}: {per_step[graphs] * 1e3:.1f} ms/step "
-                  f"({1 / per_step[graphs]:.1f} steps/s), peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB",
-                  flush=True)
+            print(f"{model} batch {batch} {key}: {per_step[key] * 1e3:.1f} ms/step ({1 / per_step[key]:.1f} steps/s), "
+                  f"peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB", flush=True)
             torch.cuda.reset_peak_memory_stats()
-        print(f"{model} batch {batch}: CUDA graphs {per_step[False] / per_step[True]:.2f}x", flush=True)
+        print(f"{model} batch {batch}: " + ", ".join(f"{k} {per_step['eager'] / v:.2f}x" for k, v in per_step.items()
+                                                     if k != "eager"), flush=True)
 
 
 if __name__ == "__main__":

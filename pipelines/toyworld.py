@@ -86,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--ema", type=float, default=None, help="EMA decay of the transformer weights (e.g. 0.999)")
     t.add_argument("--timestep-shift", type=float, default=1.0)
     t.add_argument("--warmup", type=int, default=100)
+    t.add_argument("--compile", action="store_true", help="torch.compile the transformer's forward (CUDA: faster)")
     _budget(t)
 
     a = sub.add_parser("accuracy", help="judge accuracy of a ToyWorld pipeline on a fixed prompt set")
@@ -226,7 +227,7 @@ def cmd_train(args) -> dict:
         seed=args.seed, device=device, lr=args.lr or 3e-4, cfg_dropout=args.cfg_dropout, ema_decay=args.ema,
         timestep_shift=args.timestep_shift, max_sequence_length=max_len, log_every=args.log_every,
         pool_size=args.pool_size, minutes=args.minutes, schedule=args.schedule, warmup=args.warmup,
-        cuda_graphs=args.cuda_graphs,
+        cuda_graphs=args.cuda_graphs, compile_model=args.compile,
     )  # fmt: skip
     pipe.to("cpu")
     recipe = _recipe(args, sizes, device, start, losses, kind=args.kind, frames=list(frames),
