@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--long-frames", type=int, default=33, help="clip length of every --long-every-th step")
     v.add_argument("--long-every", type=int, default=4, help="0: train on --frames clips only")
     v.add_argument("--residual", action="store_true", help="Wan VAE with Wan2.2-style residual up/down blocks")
+    v.add_argument("--resume", default=None, help="trained VAE (a `vae` output or a pipeline dir) to train on")
+    v.add_argument("--decoder-only", action="store_true",
+                   help="with --resume: train the decoder only (same latents: transformers trained on them stay valid)")
     v.add_argument("--vae-width", type=int, default=None,
                    help="Wan base_dim / HunyuanVideo first-block channels (default: the ToyWorld sizes)")
     _budget(v)
@@ -166,7 +169,7 @@ def _recipe(args, sizes, device, start, losses, **extra) -> dict:
 
 def cmd_vae(args) -> dict:
     from turbo.toyworld.models import build_hunyuan_vae, build_vae
-    from turbo.toyworld.train import reconstruction_check, save_vae, train_vae
+    from turbo.toyworld.train import load_vae, reconstruction_check, save_vae, train_vae
 
     sizes = _sizes(args.sizes)
     if args.vae_width:
@@ -180,20 +183,30 @@ def cmd_vae(args) -> dict:
     torch.backends.cudnn.benchmark = True  # fixed clip/crop shapes: let cuDNN pick the 3-D convolution algorithms
     height, width = args.height or sizes.height, args.width or sizes.width
     start = time.perf_counter()
-    vae = (build_vae if args.family == "wan" else build_hunyuan_vae)(sizes, seed=args.seed)
+    if args.decoder_only and not args.resume:
+        raise SystemExit("--decoder-only needs --resume (a trained VAE)")
+    if args.resume:
+        vae = load_vae(args.resume)
+        family = "wan" if type(vae).__name__ == "AutoencoderKLWan" else "hunyuan"
+        if family != args.family:
+            raise SystemExit(f"--resume {args.resume} is a {family} VAE, not --family {args.family}")
+    else:
+        vae = (build_vae if args.family == "wan" else build_hunyuan_vae)(sizes, seed=args.seed)
     losses = train_vae(vae, args.steps, args.batch_size, args.frames, height, width, seed=args.seed, device=device,
                        lr=args.lr or 3e-4, log_every=args.log_every, minutes=args.minutes, schedule=args.schedule,
                        calibrate_frames=sizes.frames, fg_weight=args.fg_weight, crop=args.crop or None,
                        sample_scale=args.sample_scale, mse_weight=args.mse_weight, beta2=args.beta2,
                        grad_clip=args.grad_clip, warmup=args.warmup, num_objects=args.objects,
-                       long_frames=args.long_frames, long_every=args.long_every, cuda_graphs=args.cuda_graphs)
+                       long_frames=args.long_frames, long_every=args.long_every, decoder_only=args.decoder_only,
+                       cuda_graphs=args.cuda_graphs)
     check = None
     if args.check:
         check = reconstruction_check(vae, args.check, sizes.frames, height, width, device=device)
         print(f"reconstruction check: {json.dumps(check)}", flush=True)
     vae.to("cpu")
     recipe = _recipe(args, sizes, device, start, losses, family=args.family, frames=args.frames,
-                     height_width=[height, width], reconstruction_check=check)
+                     height_width=[height, width], reconstruction_check=check, resumed_from=args.resume,
+                     decoder_only=args.decoder_only)
     save_vae(vae, args.out, recipe=recipe)
     print(f"saved the {args.family} VAE to {args.out}: {len(losses)} steps, {recipe['wall_seconds']} s, "
           f"loss {recipe['final_loss_mean_last_100']:.4f}")

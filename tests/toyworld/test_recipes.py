@@ -174,3 +174,15 @@ def test_training_keeps_no_batch_alive(monkeypatch):
                    ema_decay=0.9, show_progress=False)
     gc.collect()
     assert len(refs) == 6 and all(r() is None for step in refs for r in step)
+
+
+def test_decoder_only_vae_training_keeps_the_latents():
+    vae = build_vae(TINY, seed=0)
+    train_vae(vae, 2, 1, frames=5, height=32, width=32, calibrate_count=1, show_progress=False)
+    before = {n: p.detach().clone() for n, p in vae.named_parameters()}
+    stats = (list(vae.config.latents_mean), list(vae.config.latents_std))
+    train_vae(vae, 3, 1, frames=5, height=32, width=32, lr=1e-2, decoder_only=True, seed=1, show_progress=False)
+    changed = {n for n, p in vae.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert changed and all(n.startswith(("decoder.", "post_quant_conv.")) for n in changed)
+    assert (list(vae.config.latents_mean), list(vae.config.latents_std)) == stats
+    assert all(p.requires_grad for p in vae.parameters())

@@ -382,6 +382,7 @@ def train_vae(
     num_objects=(1, 2),
     long_frames: int | None = None,
     long_every: int = 0,
+    decoder_only: bool = False,
     cuda_graphs: bool = True,
     show_progress: bool | None = None,
 ) -> list[float]:
@@ -402,6 +403,8 @@ def train_vae(
     reconstruction). Afterwards `calibrate_vae` sets the latent
     normalisation (unless `calibrate` is False) and the VAE is left in eval mode. On CUDA with `cuda_graphs` each
     step (forward, backward, update) replays a CUDA graph per clip length (see `GraphedStep`).
+    `decoder_only` trains the decoder (and ``post_quant_conv``) of a trained VAE and freezes the rest: the latents do
+    not change, so transformers trained on them stay valid and the latent normalisation is kept (no calibration).
     """
     _check_shape(frames, height, width)
     if long_every:
@@ -409,6 +412,11 @@ def train_vae(
     device = torch.device(device)
     torch.manual_seed(seed)
     _to_fp32(vae.to(device)).train()
+    if decoder_only:
+        decoding = ("decoder.", "post_quant_conv.")
+        for name, param in vae.named_parameters():
+            param.requires_grad_(name.startswith(decoding))
+        calibrate = False
     plan = StepPlan(steps, minutes)
     graphs = cuda_graphs and device.type == "cuda"
     params, opt, sched = _optimizer(vae, lr, weight_decay, plan, warmup, schedule, beta2=beta2, capturable=graphs)
@@ -435,7 +443,7 @@ def train_vae(
     values = _finish("train_vae", losses)
     if ema is not None:
         ema.copy_to(vae)
-    vae.eval()
+    vae.requires_grad_(True).eval()
     if calibrate:
         calibrate_vae(vae, calibrate_count, frames=calibrate_frames or frames, height=height, width=width,
                       seed=seed + 1, device=device)
