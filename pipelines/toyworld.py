@@ -83,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--vae", default=None, help="trained VAE (a `vae` output or a pipeline dir); else train one here")
     t.add_argument("--vae-steps", type=int, default=None, help="VAE steps when training one here")
     t.add_argument("--resume", default=None, help="ToyWorld pipeline dir whose transformer to continue training")
+    t.add_argument("--init-from", default=None,
+                   help="ToyWorld pipeline dir of another kind to start from (e.g. wan-t2v for wan-i2v): every weight "
+                        "that fits is copied")
     t.add_argument("--frames", type=_ints, default=None, help="frame counts, e.g. 33,17 (default: main setting)")
     t.add_argument("--pool-size", type=int, default=0, help="pre-encoded videos per frame count (0: fresh each step)")
     t.add_argument("--cfg-dropout", type=float, default=0.1)
@@ -216,7 +219,7 @@ def cmd_vae(args) -> dict:
 
 def cmd_train(args) -> dict:
     from turbo.toyworld.models import build_pipeline, param_report
-    from turbo.toyworld.train import load_toyworld, load_vae, save_toyworld, train_pipeline, train_vae
+    from turbo.toyworld.train import init_from, load_toyworld, load_vae, save_toyworld, train_pipeline, train_vae
 
     sizes = _sizes(args.sizes)
     frames = args.frames or (sizes.frames,)
@@ -229,6 +232,11 @@ def cmd_train(args) -> dict:
     if args.resume:
         components["transformer"] = load_toyworld(args.resume, dtype=torch.float32).transformer
     pipe = build_pipeline(args.kind, sizes, seed=args.seed, **components)
+    if args.init_from:
+        if args.resume:
+            raise SystemExit("--init-from and --resume exclude each other")
+        left = init_from(pipe.transformer, load_toyworld(args.init_from, dtype=torch.float32).transformer)
+        print(f"transformer initialised from {args.init_from}; left as initialised: {', '.join(left) or 'nothing'}")
     vae_losses: list[float] = []
     if not args.vae:
         vae_losses = train_vae(pipe.vae, args.vae_steps or args.steps or 100, args.batch_size, frames[0], height,
@@ -245,6 +253,7 @@ def cmd_train(args) -> dict:
     pipe.to("cpu")
     recipe = _recipe(args, sizes, device, start, losses, kind=args.kind, frames=list(frames),
                      height_width=[height, width], vae_from=args.vae, resumed_from=args.resume,
+                     initialised_from=args.init_from,
                      vae_steps_here=len(vae_losses))
     save_toyworld(pipe, args.out, recipe=recipe)
     megabytes = sum(mb for _, mb in param_report(pipe).values())

@@ -186,3 +186,15 @@ def test_decoder_only_vae_training_keeps_the_latents():
     assert changed and all(n.startswith(("decoder.", "post_quant_conv.")) for n in changed)
     assert (list(vae.config.latents_mean), list(vae.config.latents_std)) == stats
     assert all(p.requires_grad for p in vae.parameters())
+
+
+def test_i2v_transformer_starts_from_the_t2v_one():
+    from turbo.toyworld.train import init_from
+
+    t2v, i2v = build_pipeline("wan-t2v", TINY, seed=0).transformer, build_pipeline("wan-i2v", TINY, seed=1).transformer
+    left = init_from(i2v, t2v)
+    assert left and all("image_embedder" in n or "added" in n or "add_" in n for n in left)
+    patch = i2v.patch_embedding.weight
+    assert torch.equal(patch[:, :16], t2v.patch_embedding.weight) and not patch[:, 16:].any()
+    theirs = t2v.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in i2v.state_dict().items() if k not in left)

@@ -42,6 +42,7 @@ __all__ = [
     "normalize_latents",
     "reconstruction_check",
     "load_vae",
+    "init_from",
     "save_toyworld",
     "save_vae",
     "train_pipeline",
@@ -777,6 +778,28 @@ def train_transformer(
         ema.copy_to(transformer)
     transformer.eval()
     return values
+
+
+@torch.no_grad()
+def init_from(module: torch.nn.Module, source: torch.nn.Module) -> list[str]:
+    """Copy into `module` every tensor of `source` with the same name and shape (e.g. a Wan T2V transformer into the
+    I2V one); a weight whose input channels grew (the I2V patch embedding takes 36 channels instead of 16) gets the
+    source's channels first and zeros after them, so the new inputs start switched off. Returns the names of
+    `module`'s tensors left as initialised (the I2V image-attention projections and image embedder)."""
+    theirs = source.state_dict()
+    mine = module.state_dict()
+    left = []
+    for name, tensor in mine.items():
+        other = theirs.get(name)
+        if other is not None and other.shape == tensor.shape:
+            tensor.copy_(other)
+        elif (other is not None and other.dim() >= 2 and other.shape[0] == tensor.shape[0]
+              and other.shape[2:] == tensor.shape[2:] and other.shape[1] < tensor.shape[1]):
+            tensor.zero_()
+            tensor[:, :other.shape[1]].copy_(other)
+        else:
+            left.append(name)
+    return left
 
 
 def train_pipeline(pipe, kind: str, steps: int, **kwargs) -> list[float]:
