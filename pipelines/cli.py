@@ -95,9 +95,13 @@ def _load(args, device, dtype):
 
     if args.model == DEFAULT_MODEL:
         from pipelines.tiny import DEFAULT_DEMO, build_default
+        from turbo.toyworld.train import ToyWorldWeightsError
 
-        pipe = build_default().to(device)
-        return (pipe if dtype == torch.float32 else pipe.to(dtype)), dict(DEFAULT_DEMO)
+        try:
+            pipe = build_default().to(device)
+        except ToyWorldWeightsError as error:
+            raise SystemExit(f"turbo: {error}") from None
+        return (pipe if dtype == torch.float32 else pipe.to(dtype)), {**DEFAULT_DEMO, "toyworld": True}
     from diffusers import DiffusionPipeline
 
     if not os.path.isdir(args.model):

@@ -1,4 +1,5 @@
-"""Small random-weight diffusers video pipelines, built fully offline (no model hub, tokenizers built in-process).
+"""Small random-weight diffusers video pipelines, built fully offline (no model hub, tokenizers built in-process),
+and the embedded default model (the trained ToyWorld Wan T2V pipeline in models/toyworld/).
 
 Recipes and traps (see shared/research/diffusers_probe.md §1):
 * Wan: Unigram ``T5Tokenizer`` from an in-memory vocab (pad=0, eos=1, unk=2; lowercase caption words, rest -> <unk>);
@@ -14,6 +15,7 @@ Recipes and traps (see shared/research/diffusers_probe.md §1):
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -21,6 +23,7 @@ from turbo.toyworld.models import hunyuan_rope_axes
 
 __all__ = [
     "DEFAULT_DEMO",
+    "DEFAULT_MODEL_DIR",
     "HUNYUAN_CALL_KWARGS",
     "META_TRANSFORMER_NAMES",
     "build_default",
@@ -421,28 +424,27 @@ DEFAULT_DEMO: dict = {
     "height": 256,
     "width": 256,
     "num_frames": 17,
-    "num_inference_steps": 8,
+    "num_inference_steps": 16,
     "guidance_scale": 5.0,
 }
 
+# The trained ToyWorld models live in the repository, next to this package.
+TOYWORLD_MODELS = Path(__file__).resolve().parent.parent / "models" / "toyworld"
+DEFAULT_MODEL_DIR = TOYWORLD_MODELS / "wan-t2v"
 
-def build_default(seed=0):
-    """The embedded default model of the CLI demo (random weights until a trained model exists).
 
-    Wan T2V, 4 layers x 4 heads x 32 head dim (inner 128, ffn 512; 1.25 M transformer params), UMT5 width 64,
-    VAE base_dim 4. Generating ``DEFAULT_DEMO`` (1280 video tokens, 8 steps with CFG) takes about 4-5 s on 2 CPU cores,
-    roughly 1.2 s of it in the transformer and 2.2 s in the VAE decode.
-    """
-    return _build_wan_t2v(
-        num_layers=4,
-        num_heads=4,
-        head_dim=32,
-        seed=seed,
-        dtype=torch.float32,
-        text_dim=64,
-        vae_base_dim=4,
-        ffn_mult=4,
-    )
+def build_default():
+    """The embedded default model of the CLI demo: the trained ToyWorld Wan T2V pipeline (`DEFAULT_MODEL_DIR`, fp32,
+    checksums verified; issue 4). Transformer 6 layers x 6 heads x 32 (3.95 M params), UMT5 width 64, residual
+    AutoencoderKLWan base_dim 16. ``DEFAULT_DEMO`` (1280 video tokens, 16 steps with CFG) takes about 8 s on 2 CPU
+    cores, ~5 s of it in the transformer. Raises `ToyWorldWeightsError` naming the file if the weights are missing or
+    do not match their checksums."""
+    from turbo.toyworld.train import ToyWorldWeightsError, load_toyworld
+
+    if not DEFAULT_MODEL_DIR.is_dir():
+        raise ToyWorldWeightsError(f"{DEFAULT_MODEL_DIR}: the embedded default model is missing (it ships in the "
+                                   "turbo repository under models/toyworld/; pass --model DIR for another pipeline)")
+    return load_toyworld(DEFAULT_MODEL_DIR, dtype=torch.float32)
 
 
 # ------------------------------------------------------------------------------------------ real sizes on meta device
