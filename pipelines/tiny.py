@@ -24,6 +24,7 @@ from turbo.toyworld.models import hunyuan_rope_axes
 __all__ = [
     "DEFAULT_DEMO",
     "DEFAULT_MODEL_DIR",
+    "TOYWORLD_MODELS",
     "HUNYUAN_CALL_KWARGS",
     "META_TRANSFORMER_NAMES",
     "build_default",
