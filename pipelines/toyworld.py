@@ -3,13 +3,14 @@
     python -m pipelines.toyworld vae --family wan --out DIR (--steps N | --minutes M) ...
     python -m pipelines.toyworld train --kind wan-t2v --vae DIR --out DIR (--steps N | --minutes M) ...
     python -m pipelines.toyworld accuracy --model DIR --prompts 200 --steps 50 --guidance 5 --json FILE
-    python -m pipelines.toyworld all --out models/toyworld --device cuda --vae-minutes 2 --minutes 5
+    python -m pipelines.toyworld all --out DIR --device cuda      # the shipped models' recipe, ~45 GPU minutes
 
-`all` runs the whole recipe on one GPU: both VAEs at once, then the three transformers at once (separate processes:
-the models are small, one alone leaves the GPU mostly idle), then the judge over each pipeline. Each saved directory
-holds ``toyworld_recipe.json`` with the exact command, the steps actually run (with ``--minutes`` the loop fixes its
-step count after timing its first steps; ``reproduce`` is the same command with that ``--steps``), seeds, device and
-wall minutes, and ``checksums.json`` over every file. Everything is offline; text/image encoders are frozen random.
+`all` runs the recipe of models/toyworld/ stage after stage on one GPU (the Wan VAE, its decoder, the HunyuanVideo VAE,
+Wan T2V, Wan I2V started from Wan T2V, HunyuanVideo T2V), then the judge over each pipeline; one process at a time,
+since compiled, CUDA-graphed steps keep the GPU busy. Each saved directory holds ``toyworld_recipe.json`` with the
+exact command, the steps actually run (with ``--minutes`` the loop fixes its step count after timing its first steps;
+``reproduce`` is the same command with that ``--steps``), seeds, device and wall minutes, and ``checksums.json`` over
+every file. Everything is offline; text/image encoders are frozen random.
 """
 
 from __future__ import annotations
@@ -110,24 +111,25 @@ def _parser() -> argparse.ArgumentParser:
                    help="stored: as shipped (bf16 transformer, fp32 VAE; for GPUs); float32: everything fp32")
     a.add_argument("--json", default=None)
 
-    al = sub.add_parser("all", help="the whole recipe: both VAEs, the three transformers, then their accuracy")
+    al = sub.add_parser("all", help="the shipped models' recipe, stage after stage, then their accuracy")
     al.add_argument("--out", required=True)
     al.add_argument("--device", default="cuda")
-    al.add_argument("--vae-minutes", type=float, default=2.0)
-    al.add_argument("--minutes", type=float, default=5.0)
-    al.add_argument("--vae-batch-size", type=int, default=4)
-    al.add_argument("--batch-size", type=int, default=32)
+    al.add_argument("--vae-minutes", type=float, default=4.8, help="each VAE (Wan, HunyuanVideo)")
+    al.add_argument("--decoder-minutes", type=float, default=2.5, help="the Wan VAE's decoder-only stage")
+    al.add_argument("--minutes", type=float, default=11.0, help="Wan T2V and HunyuanVideo T2V transformers each")
+    al.add_argument("--i2v-minutes", type=float, default=4.7, help="Wan I2V, started from the Wan T2V transformer")
+    al.add_argument("--batch-size", type=int, default=48)
     al.add_argument("--pool-size", type=int, default=2048)
     al.add_argument("--frames", default="33,17")
     al.add_argument("--eval-prompts", type=int, default=200, help="0: skip the accuracy stage")
+    al.add_argument("--eval-steps", type=int, default=50)
     al.add_argument("--guidance", default="5")
     al.add_argument("--seed", type=int, default=0)
     al.add_argument("--sizes", choices=("default", "tiny"), default="default")
     al.add_argument("--extra", default="", help="extra flags for every `train` (quoted)")
-    al.add_argument("--vae-lrs", default="3e-4", help="comma list: one VAE per learning rate, the best is kept")
-    al.add_argument("--vae-extra", default="", help="extra flags for both `vae` runs (quoted)")
-    al.add_argument("--skip-existing-vaes", action="store_true", help="reuse OUT/vae-* directories already there")
-    al.add_argument("--pack", default=None, help="after each stage, tar each new directory (and the logs) into here")
+    al.add_argument("--vae-extra", default="", help="extra flags for every `vae` (quoted)")
+    al.add_argument("--skip-existing", action="store_true", help="reuse stage outputs already in OUT")
+    al.add_argument("--pack", default=None, help="after each stage, tar its directory (and the logs) into here")
     return parser
 
 
@@ -329,73 +331,63 @@ def _pack(out: Path, names: list[str], pack: str | None) -> None:
             tar.add(f, arcname=f.name)
 
 
-def _pick_vae(out: Path, family: str, names: list[str]) -> None:
-    """Keep the candidate VAE with the lowest object L1 of its reconstruction check as ``out/vae-FAMILY``."""
-    import shutil
-
-    scored = []
-    for name in names:
-        recipe_path = out / name / "toyworld_recipe.json"
-        if recipe_path.is_file():
-            check = json.loads(recipe_path.read_text()).get("reconstruction_check") or {}
-            scored.append((check.get("object_l1", float("inf")), name))
-    if not scored:
-        return
-    best = min(scored)[1]
-    print(f"{family} VAE candidates (object L1): {sorted(scored)}; keeping {best}", flush=True)
-    if best != f"vae-{family}":
-        shutil.rmtree(out / f"vae-{family}", ignore_errors=True)
-        shutil.copytree(out / best, out / f"vae-{family}")
-
-
 def cmd_all(args) -> int:
     out = Path(args.out)
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    common = ["--device", args.device, "--seed", str(args.seed), "--sizes", args.sizes]
+    start = time.perf_counter()
+
+    def run(name: str, argv: list[str]) -> None:
+        _wait({name: (_spawn(argv, logs / f"{name}.log"), logs / f"{name}.log")})
+
     try:
-        _stages(args, out, logs, common)
+        for name, argv in _recipe_stages(args, out):
+            if args.skip_existing and (out / name / "checksums.json").is_file():
+                print(f"reusing {out / name}", flush=True)
+                continue
+            run(name, argv)
+            _pack(out, [name], args.pack)
+        for kind in ("wan-t2v", "wan-i2v", "hunyuan-t2v") if args.eval_prompts else ():
+            run(f"{kind}-accuracy", ["accuracy", "--model", str(out / kind), "--prompts", str(args.eval_prompts),
+                                     "--steps", str(args.eval_steps), "--device", args.device, "--guidance",
+                                     *args.guidance.split(","), "--json", str(out / f"{kind}-accuracy.json")])
     finally:
         _pack(out, [], args.pack)
+    print(f"toyworld all: done in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
     return 0
 
 
-def _stages(args, out: Path, logs: Path, common: list[str]) -> None:
-    start = time.perf_counter()
-    jobs = {}
-    lrs = args.vae_lrs.split(",")
-    for family in FAMILIES:
-        if args.skip_existing_vaes and (out / f"vae-{family}" / "checksums.json").is_file():
-            print(f"reusing {out / f'vae-{family}'}", flush=True)
-            continue
-        for lr in lrs:
-            name = f"vae-{family}-lr{lr}"
-            argv = ["vae", "--family", family, "--out", str(out / name), "--minutes", str(args.vae_minutes),
-                    "--batch-size", str(args.vae_batch_size), "--lr", lr, *common, *shlex.split(args.vae_extra)]
-            jobs[name] = (_spawn(argv, logs / f"{name}.log"), logs / f"{name}.log")
-    _wait(jobs)
-    for family in FAMILIES:
-        _pick_vae(out, family, [f"vae-{family}-lr{lr}" for lr in lrs])
-    _pack(out, [f"vae-{family}" for family in FAMILIES], args.pack)
-    jobs = {}
-    for family, kinds in FAMILIES.items():
-        for kind in kinds:
-            argv = ["train", "--kind", kind, "--vae", str(out / f"vae-{family}"), "--out", str(out / kind),
-                    "--minutes", str(args.minutes), "--batch-size", str(args.batch_size), "--frames", args.frames,
-                    "--pool-size", str(args.pool_size), *common, *shlex.split(args.extra)]
-            jobs[kind] = (_spawn(argv, logs / f"{kind}.log"), logs / f"{kind}.log")
-    _wait(jobs)
-    _pack(out, [kind for kinds in FAMILIES.values() for kind in kinds], args.pack)
-    jobs = {}
-    for kinds in FAMILIES.values():
-        for kind in kinds if args.eval_prompts else ():
-            argv = ["accuracy", "--model", str(out / kind), "--prompts", str(args.eval_prompts), "--device",
-                    args.device, "--guidance", *args.guidance.split(","), "--json", str(out / f"{kind}.accuracy.json")]
-            if args.device != "cpu":
-                argv += ["--dtype", "stored"]
-            jobs[f"accuracy {kind}"] = (_spawn(argv, logs / f"{kind}.accuracy.log"), logs / f"{kind}.accuracy.log")
-    _wait(jobs)
-    print(f"toyworld all: done in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+def _recipe_stages(args, out: Path) -> list[tuple[str, list[str]]]:
+    """(output name, `pipelines.toyworld` argv) of every training stage, in order: the recipe of models/toyworld/
+    (its README lists the commands as run, which continued some stages with --resume; here each runs once, for the
+    given minutes). One process at a time: the GPU is the bottleneck once steps are compiled and graphed."""
+    common = ["--device", args.device, "--sizes", args.sizes]
+    seed = args.seed
+    flow = ["--batch-size", str(args.batch_size), "--frames", args.frames, "--pool-size", str(args.pool_size),
+            "--ema", "0.998", "--timestep-shift", "3", *(["--compile"] if args.device != "cpu" else []),
+            *shlex.split(args.extra)]
+    vae_extra = shlex.split(args.vae_extra)
+    return [
+        ("vae-wan-base", ["vae", "--family", "wan", "--residual", "--vae-width", "16", "--lr", "4e-4", "--batch-size",
+                          "24", "--minutes", str(args.vae_minutes), "--seed", str(seed), "--out",
+                          str(out / "vae-wan-base"), *common, *vae_extra]),
+        ("vae-wan", ["vae", "--family", "wan", "--residual", "--vae-width", "16", "--resume", str(out / "vae-wan-base"),
+                     "--decoder-only", "--lr", "2e-4", "--batch-size", "24", "--check", "32", "--warmup", "50",
+                     "--minutes", str(args.decoder_minutes), "--seed", str(seed + 1), "--out", str(out / "vae-wan"),
+                     *common, *vae_extra]),
+        ("vae-hunyuan", ["vae", "--family", "hunyuan", "--vae-width", "16", "--lr", "6e-4", "--batch-size", "12",
+                         "--minutes", str(args.vae_minutes), "--seed", str(seed), "--out", str(out / "vae-hunyuan"),
+                         *common, *vae_extra]),
+        ("wan-t2v", ["train", "--kind", "wan-t2v", "--vae", str(out / "vae-wan"), "--lr", "6e-4", "--warmup", "300",
+                     "--minutes", str(args.minutes), "--seed", str(seed), "--out", str(out / "wan-t2v"), *common,
+                     *flow]),
+        ("wan-i2v", ["train", "--kind", "wan-i2v", "--vae", str(out / "vae-wan"), "--init-from", str(out / "wan-t2v"),
+                     "--lr", "4e-4", "--warmup", "200", "--minutes", str(args.i2v_minutes), "--seed", str(seed),
+                     "--out", str(out / "wan-i2v"), *common, *flow]),
+        ("hunyuan-t2v", ["train", "--kind", "hunyuan-t2v", "--vae", str(out / "vae-hunyuan"), "--lr", "5e-4",
+                         "--warmup", "300", "--minutes", str(args.minutes), "--seed", str(seed), "--out",
+                         str(out / "hunyuan-t2v"), *common, *flow]),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -185,3 +185,22 @@ def test_recipe_cli_tiny(tmp_path, capsys):
     assert recipe["seed"] == 3 and recipe["command"].endswith("--log-every 1")
     pipe = load_toyworld(out, dtype=torch.float32)
     assert _generate(pipe, "hunyuan-t2v").shape == (1, 5, 32, 32, 3)
+
+
+def test_all_runs_the_recipe_stage_after_stage_tiny(tmp_path, capsys):
+    """`all` at tiny sizes on the CPU with two steps per stage: every stage's output and the accuracy records appear,
+    the Wan I2V stage starts from the Wan T2V transformer and the Wan VAE stage 2 trains its decoder only."""
+    from pipelines.toyworld import main
+
+    out = tmp_path / "all"
+    argv = ["all", "--out", str(out), "--device", "cpu", "--sizes", "tiny", "--minutes", "1", "--batch-size", "1",
+            "--pool-size", "2", "--frames", "5", "--eval-prompts", "1", "--eval-steps", "2", "--extra", "--steps 2",
+            "--vae-extra", "--steps 2 --batch-size 1 --frames 5 --long-frames 9 --crop 0 --check 1"]
+    assert main(argv) == 0
+    for name in ("vae-wan-base", "vae-wan", "vae-hunyuan", "wan-t2v", "wan-i2v", "hunyuan-t2v"):
+        assert (out / name / "checksums.json").is_file(), name
+    for kind in ("wan-t2v", "wan-i2v", "hunyuan-t2v"):
+        assert json.loads((out / f"{kind}-accuracy.json").read_text())[0]["prompts"] == 1
+    i2v = json.loads((out / "wan-i2v" / "toyworld_recipe.json").read_text())
+    assert i2v["initialised_from"] == str(out / "wan-t2v") and i2v["steps_run"] == 2
+    assert json.loads((out / "vae-wan" / "toyworld_recipe.json").read_text())["decoder_only"] is True
