@@ -401,9 +401,9 @@ def train_vae(
     second-moment decay; ``grad_clip=0`` disables clipping. Batches are fresh `sample_videos` draws (seed derived
     from `seed` and the step); with `fixed_batch` every step sees the same batch and the same posterior noise (an
     overfit check). The VAE trains in fp32 (also on CUDA: the Wan causal convolutions are small and bf16 hurts
-    reconstruction). Afterwards `calibrate_vae` sets the latent
-    normalisation (unless `calibrate` is False) and the VAE is left in eval mode. On CUDA with `cuda_graphs` each
-    step (forward, backward, update) replays a CUDA graph per clip length (see `GraphedStep`).
+    reconstruction). Afterwards `calibrate_vae` sets the latent normalisation (unless `calibrate` is False) and the
+    VAE is left in eval mode. On CUDA with `cuda_graphs` each step (forward, backward, update) replays a CUDA graph
+    per clip length (see `GraphedStep`).
     `decoder_only` trains the decoder (and ``post_quant_conv``) of a trained VAE and freezes the rest: the latents do
     not change, so transformers trained on them stay valid and the latent normalisation is kept (no calibration).
     """
