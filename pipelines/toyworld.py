@@ -173,7 +173,7 @@ def _recipe(args, sizes, device, start, losses, **extra) -> dict:
 
 
 def cmd_vae(args) -> dict:
-    from turbo.toyworld.models import build_hunyuan_vae, build_vae
+    from turbo.toyworld.models import build_hunyuan_vae, build_vae, sizes_with_vae
     from turbo.toyworld.train import load_vae, reconstruction_check, save_vae, train_vae
 
     sizes = _sizes(args.sizes)
@@ -197,6 +197,7 @@ def cmd_vae(args) -> dict:
             raise SystemExit(f"--resume {args.resume} is a {family} VAE, not --family {args.family}")
     else:
         vae = (build_vae if args.family == "wan" else build_hunyuan_vae)(sizes, seed=args.seed)
+    sizes = sizes_with_vae(sizes, vae)
     losses = train_vae(vae, args.steps, args.batch_size, args.frames, height, width, seed=args.seed, device=device,
                        lr=args.lr or 3e-4, log_every=args.log_every, minutes=args.minutes, schedule=args.schedule,
                        calibrate_frames=sizes.frames, fg_weight=args.fg_weight, crop=args.crop or None,
@@ -220,7 +221,7 @@ def cmd_vae(args) -> dict:
 
 
 def cmd_train(args) -> dict:
-    from turbo.toyworld.models import build_pipeline, param_report
+    from turbo.toyworld.models import build_pipeline, param_report, sizes_with_vae
     from turbo.toyworld.train import init_from, load_toyworld, load_vae, save_toyworld, train_pipeline, train_vae
 
     sizes = _sizes(args.sizes)
@@ -234,6 +235,7 @@ def cmd_train(args) -> dict:
     if args.resume:
         components["transformer"] = load_toyworld(args.resume, dtype=torch.float32).transformer
     pipe = build_pipeline(args.kind, sizes, seed=args.seed, **components)
+    sizes = sizes_with_vae(sizes, pipe.vae)  # the recipe records the VAE the pipeline has (--vae: the loaded one)
     if args.init_from:
         if args.resume:
             raise SystemExit("--init-from and --resume exclude each other")

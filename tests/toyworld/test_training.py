@@ -204,3 +204,5 @@ def test_all_runs_the_recipe_stage_after_stage_tiny(tmp_path, capsys):
     i2v = json.loads((out / "wan-i2v" / "toyworld_recipe.json").read_text())
     assert i2v["initialised_from"] == str(out / "wan-t2v") and i2v["steps_run"] == 2
     assert json.loads((out / "vae-wan" / "toyworld_recipe.json").read_text())["decoder_only"] is True
+    sizes = json.loads((out / "wan-t2v" / "toyworld_recipe.json").read_text())["sizes"]
+    assert sizes["vae_base_dim"] == 16 and sizes["vae_residual"] is True  # the VAE it has, not the defaults

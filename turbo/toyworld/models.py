@@ -161,6 +161,17 @@ def build_vae(sizes: ToyWorldSizes = DEFAULT_SIZES, seed: int = 0):
     )
 
 
+def sizes_with_vae(sizes: ToyWorldSizes, vae) -> ToyWorldSizes:
+    """`sizes` with its VAE fields read from a built or loaded `vae` (Wan ``base_dim`` / ``is_residual``, HunyuanVideo
+    channels), so a recipe records the VAE a pipeline really has."""
+    import dataclasses
+
+    if type(vae).__name__ == "AutoencoderKLWan":
+        return dataclasses.replace(sizes, vae_base_dim=int(vae.config.base_dim),
+                                   vae_residual=bool(getattr(vae.config, "is_residual", False)))
+    return dataclasses.replace(sizes, hunyuan_vae_channels=int(vae.config.block_out_channels[0]))
+
+
 def build_text_encoder(sizes: ToyWorldSizes = DEFAULT_SIZES, seed: int = 0):
     """Small `UMT5EncoderModel` (d_model = `text_dim`), deterministic for `seed`, frozen random (never trained)."""
     from transformers import UMT5Config, UMT5EncoderModel
