@@ -13,6 +13,7 @@ the frozen text/image encoders in fp32):
 component                                  params        MB
 =====================================  ==========  ========
 Wan VAE (AutoencoderKLWan, base_dim 8)    220,107      0.88
+shipped: residual, base_dim 16            877,555      3.51
 UMT5 text encoder (d_model 64, 2 lay.)     86,400      0.35
 Wan T2V transformer (6 x 192, ffn 768)  3,951,232      7.90
 Wan I2V transformer (+ image attn)      4,429,568      8.86
@@ -22,9 +23,10 @@ HunyuanVideo VAE (16/16/32/32)            790,531      3.16
 Llama (64) + CLIP text (32) encoders      149,088      0.60
 =====================================  ==========  ========
 
-The three pipeline directories (wan-t2v 9.13 MB, wan-i2v 10.42 MB, hunyuan-t2v 14.21 MB, each with its own copy of
-the shared components) total **33.8 MB** <= 40 MB. Demo cost: one unaccelerated Wan T2V generation at the demo
-setting (8 steps, CFG) took 12 s on a busy 2-core CPU with 1 thread (random weights; timing is weight-independent).
+The three shipped pipeline directories (models/toyworld/: wan-t2v 12.0 MB, wan-i2v 13.3 MB, hunyuan-t2v 14.3 MB,
+each with its own copy of the shared components; the Wan ones with the residual base_dim-16 VAE) total **39.6 MB**
+<= 40 MB. Demo cost: one unaccelerated Wan T2V generation at the demo setting (17 x 256², 16 steps, CFG) takes 8.5 s
+on 2 CPU cores (2026-11-26).
 """
 
 from __future__ import annotations
