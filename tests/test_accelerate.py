@@ -46,7 +46,8 @@ def test_dense_is_bit_identical_and_restore_is_exact(pipes, baselines, kind):
 )
 def test_full_keep_equals_dense(pipes, baselines, kind, method, options):
     pipe = pipes[kind]
-    turbo.accelerate(pipe, attention=method, **options, **SMALL_BLOCKS)
+    blocks = {} if method == "svg2" else SMALL_BLOCKS
+    turbo.accelerate(pipe, attention=method, allow_untuned=True, **options, **blocks)
     try:
         if method == "sla":  # a trained (non-zero) proj must not matter when every block is exact
             for model in transformers_of(pipe):
@@ -63,8 +64,10 @@ def test_full_keep_equals_dense(pipes, baselines, kind, method, options):
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_runs_end_to_end_and_writes_mp4(pipes, baselines, kind, method, tmp_path):
     pipe = pipes[kind]
-    turbo.accelerate(pipe, attention=method, keep=0.25, density=0.3, top_p=0.5, q_clusters=4, k_clusters=8,
-                     **SMALL_BLOCKS)
+    options = {"sla": {"keep": 0.25}, "sla2": {"keep": 0.25}, "svg": {"density": 0.3},
+               "svg2": {"top_p": 0.5, "q_clusters": 4, "k_clusters": 8}}.get(method, {})
+    blocks = SMALL_BLOCKS if method in ("sla", "sla2", "svg", "lowbit") else {}
+    turbo.accelerate(pipe, attention=method, allow_untuned=True, **options, **blocks)
     try:
         frames = run(pipe, kind)
         calls = pipe.turbo.runtime.stats.calls
@@ -87,7 +90,7 @@ def _turbo_processors(model):
 @pytest.mark.parametrize("kind", KINDS)
 def test_processors_land_on_self_attention_only(pipes, kind):
     pipe = pipes[kind]
-    turbo.accelerate(pipe, attention="sla")
+    turbo.accelerate(pipe, attention="sla", allow_untuned=True)
     try:
         for model in transformers_of(pipe):
             names = set(_turbo_processors(model))
@@ -111,7 +114,7 @@ def test_processors_land_on_self_attention_only(pipes, kind):
 def test_wan22_experts_share_one_step_counter(pipes):
     pipe = pipes["wan22-t2v"]
     steps = 4
-    turbo.accelerate(pipe, attention="sla", dense_steps=2, **SMALL_BLOCKS)
+    turbo.accelerate(pipe, attention="sla", dense_steps=2, allow_untuned=True, **SMALL_BLOCKS)
     try:
         run(pipe, "wan22-t2v", num_inference_steps=steps)
         calls = pipe.turbo.runtime.stats.calls
@@ -147,7 +150,7 @@ def test_learnable_parts_live_under_attention_and_round_trip_safetensors(pipes, 
     from safetensors.torch import load_file, save_file
 
     pipe = pipes["wan-t2v"]
-    turbo.accelerate(pipe, "max")  # sla2: proj_q, proj_k, alpha_logit per layer
+    turbo.accelerate(pipe, "max", allow_untuned=True)  # sla2: proj_q, proj_k, alpha_logit per layer
     try:
         state = pipe.transformer.state_dict()
         keys = [k for k in state if METHOD_ATTR in k]

@@ -23,9 +23,9 @@ def test_unsupported_objects_get_one_sentence_listing_what_is_supported():
 def test_accelerating_twice_is_an_error_until_restored(pipe):
     turbo.accelerate(pipe, attention="dense")
     with pytest.raises(turbo.TurboError, match="already accelerated"):
-        turbo.accelerate(pipe, attention="sla")
+        turbo.accelerate(pipe, attention="svg")
     turbo.restore(pipe)
-    turbo.accelerate(pipe, attention="sla")
+    turbo.accelerate(pipe, attention="svg")
     turbo.restore(pipe)
     with pytest.raises(turbo.TurboError, match="not accelerated"):
         turbo.restore(pipe)
@@ -60,10 +60,49 @@ def test_default_config_is_safe_for_stock_checkpoints():
     assert (config.quant.mode, config.cache.mode, config.sampler.mode) == ("off", "off", "default")
 
 
-def test_finetune_presets_warn_in_the_report(pipe):
-    turbo.accelerate(pipe, "fast")
+@pytest.mark.parametrize("kwargs", [{"config": "fast"}, {"config": "max"}, {"attention": "sla"}])
+def test_methods_needing_finetuned_weights_are_refused_on_stock_weights(pipe, kwargs):
+    before = {name: id(p) for name, p in pipe.transformer.attn_processors.items()}
+    with pytest.raises(turbo.TurboConfigError, match="needs turbo-fine-tuned weights.*allow_untuned=True"):
+        turbo.accelerate(pipe, **kwargs)
+    assert {name: id(p) for name, p in pipe.transformer.attn_processors.items()} == before
+    assert not hasattr(pipe, "turbo")
+
+
+def test_allow_untuned_runs_them_and_says_so_in_the_report(pipe):
+    turbo.accelerate(pipe, "fast", allow_untuned=True)
     try:
         assert any("fine-tuned" in w for w in pipe.turbo.warnings)
-        assert "preset 'fast'" in str(pipe.turbo)
+        assert "preset 'fast'" in str(pipe.turbo) and "untrained turbo parts" in str(pipe.turbo)
     finally:
         turbo.restore(pipe)
+
+
+def test_saved_finetuned_parts_are_found_and_loaded(tmp_path):
+    """A transformer directory carrying turbo_attention.safetensors runs its method without allow_untuned, with the
+    saved (trained) parts loaded."""
+    from diffusers import WanTransformer3DModel
+
+    model = build("wan-t2v").transformer
+    turbo.accelerate(model, attention="sla", keep=0.5, allow_untuned=True)
+    trained = {}
+    for name, param in model.named_parameters():
+        if METHOD_ATTR in name:
+            torch.nn.init.normal_(param)
+            trained[name] = param.detach().clone()
+    model.save_pretrained(tmp_path)  # the transformer's own weights, without turbo's parts
+    turbo.restore(model)
+    assert not any(METHOD_ATTR in k for k in model.state_dict())
+    with pytest.raises(turbo.TurboConfigError):
+        turbo.accelerate(WanTransformer3DModel.from_pretrained(tmp_path), attention="sla", keep=0.5)
+    turbo.accelerate(model, attention="sla", keep=0.5, allow_untuned=True)
+    for name, param in model.named_parameters():
+        if name in trained:
+            param.data.copy_(trained[name])
+    turbo.save_attention_parts(model, tmp_path)
+    turbo.restore(model)
+    loaded = turbo.accelerate(WanTransformer3DModel.from_pretrained(tmp_path), attention="sla", keep=0.5)
+    state = loaded.state_dict()
+    assert all(torch.equal(state[name], value) for name, value in trained.items())
+    assert "fine-tuned parts from" in str(loaded.turbo)
+    assert not any("untrained" in w or "expects turbo-fine-tuned" in w for w in loaded.turbo.warnings)

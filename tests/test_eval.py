@@ -113,7 +113,7 @@ def test_prompt_set_is_deterministic_toyworld_captions():
 def test_describe_config():
     assert describe_config("dense") == "dense"
     assert describe_config("fast") == "fast: sla keep=0.1"
-    assert describe_config(SLA) == "sla keep=0.25 block_q=16 block_k=16"
+    assert describe_config(SLA) == "sla block_q=16 block_k=16 keep=0.25"
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +147,7 @@ def test_dense_against_sla_has_finite_psnr(wan):
     assert all(math.isfinite(r.psnr) and r.ssim <= 1.0 for r in table.rows)
     summary = table.summary()
     assert math.isfinite(summary["psnr"]) and summary["identical"] == 0
-    assert table.candidate == "sla keep=0.25 block_q=16 block_k=16"
+    assert table.candidate == "sla block_q=16 block_k=16 keep=0.25"
     assert "dB" in table.markdown(per_prompt=True)
 
 

@@ -57,5 +57,5 @@ def test_dense_warmup_counts_steps_and_layers():
     decisions = []
     for timestep in (999.0, 900.0, 800.0):
         runtime.begin_forward(TokenGeometry(1, 1, 1), timestep, None, None)
-        decisions.append([runtime.use_dense(layer) for layer in range(3)])
+        decisions.append([runtime.layer_is_dense(layer) for layer in range(3)])
     assert decisions == [[True] * 3, [True] * 3, [True, False, False]]

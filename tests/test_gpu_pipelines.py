@@ -33,7 +33,9 @@ def test_every_method_runs_on_its_kernel_path(kind):
     pipe = _pipe(kind)
     baseline = _run(pipe, kind)
     for method in ["dense", "sla", "sla2", "lowbit", "svg", "svg2"]:
-        turbo.accelerate(pipe, attention=method, keep=0.3, density=0.4, q_clusters=8, k_clusters=16)
+        options = {"sla": {"keep": 0.3}, "sla2": {"keep": 0.3}, "svg": {"density": 0.4},
+                   "svg2": {"q_clusters": 8, "k_clusters": 16}}.get(method, {})
+        turbo.accelerate(pipe, attention=method, allow_untuned=True, **options)
         try:
             frames = _run(pipe, kind)
             path = pipe.turbo.transformers[0].path
@@ -50,7 +52,7 @@ def test_every_method_runs_on_its_kernel_path(kind):
 def test_sla_with_every_block_kept_matches_dense_in_bf16(kind):
     pipe = _pipe(kind)
     baseline = _run(pipe, kind)
-    turbo.accelerate(pipe, attention="sla", keep=1.0)
+    turbo.accelerate(pipe, attention="sla", keep=1.0, allow_untuned=True)
     try:
         frames = _run(pipe, kind)
     finally:

@@ -9,8 +9,10 @@
 without importing diffusers.
 """
 
+from .cache import CacheConfig
 from .capabilities import detect as capabilities
-from .config import PRESETS, AttentionConfig, CacheConfig, QuantConfig, SamplerConfig, TurboConfig
+from .compilation import CompileConfig
+from .config import PRESETS, AttentionConfig, TurboConfig, option_specs
 from .errors import (
     GeometryError,
     NotImplementedMethodError,
@@ -18,15 +20,20 @@ from .errors import (
     TurboError,
     UnsupportedModelError,
 )
+from .quant import QuantConfig
+from .registry import Feature, register_feature, register_method
+from .sampler import SamplerConfig
 
 __version__ = "0.1.0"
 
-_LAZY = {"accelerate", "restore", "default_config"}
+_LAZY = {"accelerate", "restore", "default_config", "save_attention_parts"}
 
 __all__ = [
     "PRESETS",
     "AttentionConfig",
     "CacheConfig",
+    "CompileConfig",
+    "Feature",
     "GeometryError",
     "NotImplementedMethodError",
     "QuantConfig",
@@ -38,7 +45,11 @@ __all__ = [
     "accelerate",
     "capabilities",
     "default_config",
+    "option_specs",
+    "register_feature",
+    "register_method",
     "restore",
+    "save_attention_parts",
 ]
 
 

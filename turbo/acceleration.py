@@ -1,4 +1,9 @@
-"""`turbo.accelerate(pipe)` and `turbo.restore(pipe)`: compose adapters and methods from a `TurboConfig`."""
+"""`turbo.accelerate(pipe)` and `turbo.restore(pipe)`: compose adapters and registered features from a `TurboConfig`.
+
+The protocol (`turbo.registry.Feature`): every feature's `check_config` and `check` run first (nothing changed yet);
+then the step hooks go on each transformer and the active features `install` in order; if one raises, everything
+installed so far is undone in reverse and the error propagates, leaving the pipeline exactly as it was. `restore`
+undoes the features in reverse, then the hooks."""
 
 from __future__ import annotations
 
@@ -8,13 +13,14 @@ from typing import Any
 
 from torch import nn
 
-from .adapters import METHOD_ATTR, adapter_for, find_transformers
+from .adapters import METHOD_ATTR, ModelAdapter, adapter_for, find_transformers
 from .adapters.step_hook import install_step_hook, remove_step_hook
-from .attention import build_method
+from .attention.parts import save_attention_parts  # noqa: F401  (re-exported as turbo.save_attention_parts)
 from .capabilities import Capabilities, detect
 from .config import PRESETS, TurboConfig, resolve_config
-from .errors import TurboConfigError, TurboError
-from .report import TransformerReport, TurboReport
+from .errors import TurboError
+from .registry import features
+from .report import TurboReport
 from .runtime import TurboRuntime
 
 logger = logging.getLogger("turbo")
@@ -23,12 +29,30 @@ REPORT_ATTR = "turbo"
 
 
 @dataclass
-class _Installed:
-    """Everything needed to undo one transformer's acceleration."""
+class Target:
+    """One transformer to accelerate: its pipeline component name, module, adapter and step hook."""
 
+    component: str
     model: nn.Module
-    hook_undo: dict
-    sites: list = field(default_factory=list)  # (attention module, original processor)
+    adapter: ModelAdapter
+    step_hook: Any = None
+    hook_undo: dict | None = None
+
+
+@dataclass
+class InstallContext:
+    """What features see while checking and installing (and later undoing)."""
+
+    pipe: Any
+    targets: list[Target]
+    config: TurboConfig
+    runtime: TurboRuntime
+    capabilities: Capabilities
+    allow_untuned: bool = False
+    warnings: list[str] = field(default_factory=list)
+    transformer_reports: list = field(default_factory=list)
+    attention_path: str = "stock"
+    attention_parts: dict = field(default_factory=dict)
 
 
 def default_config() -> TurboConfig:
@@ -42,7 +66,8 @@ def default_config() -> TurboConfig:
     return TurboConfig()
 
 
-def accelerate(pipe, config: TurboConfig | str | dict | None = None, **overrides: Any):
+def accelerate(pipe, config: TurboConfig | str | dict | None = None, *, allow_untuned: bool = False,
+               **overrides: Any):
     """Accelerate a diffusers video pipeline (or a transformer) in place and return it.
 
     Args:
@@ -50,105 +75,72 @@ def accelerate(pipe, config: TurboConfig | str | dict | None = None, **overrides
             or a `WanTransformer3DModel` / `HunyuanVideoTransformer3DModel`.
         config: a `TurboConfig`, a preset name ("quality", "balanced", "fast", "max"), a dict, or None for
             `default_config()`.
-        **overrides: section replacements (`attention="sla"`) or flat options (`keep=0.05`, `dense_steps=10`).
+        allow_untuned: run a method that needs turbo-fine-tuned weights (sla, sla2) on a transformer without them.
+        **overrides: section replacements (`attention="sla"`, `compile="regional"`, `compile=True`) or flat options
+            (`keep=0.05`, `dense_steps=10`); `turbo.option_specs()` lists them.
 
     Returns the same object with `.turbo` (a report; `print(pipe.turbo)`). Accelerating an accelerated pipeline raises
-    `TurboError`: call `turbo.restore(pipe)` first. Unsupported objects raise `UnsupportedModelError`; invalid or not
-    yet built options raise before anything is changed."""
-    targets = find_transformers(pipe)
+    `TurboError`: call `turbo.restore(pipe)` first. Unsupported objects raise `UnsupportedModelError`; invalid,
+    not-yet-built or unsafe options raise before anything is changed."""
+    found = find_transformers(pipe)
+    targets = [Target(component, model, adapter_for(model)) for component, model in found]
     if getattr(pipe, REPORT_ATTR, None) is not None or any(
-        hasattr(site.module, METHOD_ATTR) for _, m in targets for site in adapter_for(m).self_attention_sites(m)
+        hasattr(site.module, METHOD_ATTR) for t in targets for site in t.adapter.self_attention_sites(t.model)
     ):
         raise TurboError("this pipeline is already accelerated by turbo; call turbo.restore(pipe) first.")
-    capabilities = detect()
     config, preset = resolve_config(config, default_config(), **overrides)
     config.check_built()
-    method = config.attention.method
-    path = _attention_path(config, capabilities)
-    warnings = _warnings(config, preset, path)
-    for _, model in targets:
-        _check_composable(model, config)
+    attention = config.attention
+    context = InstallContext(pipe, targets, config, TurboRuntime(attention.dense_steps, attention.dense_layers),
+                             detect(), allow_untuned)
+    registered = features()
+    active = [(f, config.sections[name]) for name, f in registered.items() if f.active(config.sections[name])]
+    for feature, section in active:
+        feature.check(context, section)
 
-    runtime = TurboRuntime(config.attention.dense_steps, config.attention.dense_layers)
-    installed, reports = [], []
-    for component, model in targets:
-        adapter = adapter_for(model)
-        record = _Installed(model, install_step_hook(model, runtime, adapter.patch_size(model)))
-        learnable = 0
-        for site in adapter.self_attention_sites(model):
-            module = build_method(config.attention, site.heads, site.head_dim)
-            device = next(site.module.parameters()).device
-            module.to(device=device)
-            learnable += sum(p.numel() for p in module.parameters())
-            original = site.module.processor
-            site.module.add_module(METHOD_ATTR, module)
-            site.module.set_processor(adapter.make_processor(site, runtime, original))
-            record.sites.append((site.module, original))
-        installed.append(record)
-        reports.append(TransformerReport(
-            component=component, class_name=type(model).__name__, family=adapter.family,
-            self_attention_layers=len(record.sites), method=method, path=path,
-            learnable_parameters=learnable,
-        ))
-    machine = capabilities.gpu or "CPU"
-    report = TurboReport(config, preset, machine, reports, runtime, warnings, installed)
+    installed: list[tuple] = []
+    try:
+        for target in targets:
+            target.hook_undo = install_step_hook(target.model, context.runtime, target.adapter.patch_size(target.model))
+            target.step_hook = target.hook_undo["hook"]
+        for feature, section in active:
+            installed.append((feature, feature.install(context, section)))
+    except BaseException:
+        _undo(context, installed)
+        raise
+    if preset is not None and PRESETS[preset].needs_finetuned and not any(context.attention_parts.values()):
+        context.warnings.insert(0, f"preset '{preset}' expects turbo-fine-tuned weights "
+                                   f"({PRESETS[preset].description}).")
+    if context.attention_path == "reference" and attention.method != "dense":
+        context.warnings.append(
+            f"attention '{attention.method}' runs on its PyTorch reference here (correct, but not faster than dense "
+            "attention); the Triton kernels need a CUDA GPU."
+        )
+    report = TurboReport(config, preset, context.capabilities.gpu or "CPU", context.transformer_reports,
+                         context.runtime, context.warnings, context, installed)
     setattr(pipe, REPORT_ATTR, report)
-    for message in warnings:
+    for message in context.warnings:
         logger.warning(message)
     logger.info("%s", report)
     return pipe
 
 
 def restore(pipe):
-    """Undo `accelerate`: original processors back, turbo submodules and hooks removed, `pipe.turbo` deleted.
-    Returns the same object. Raises `TurboError` if it is not accelerated."""
+    """Undo `accelerate`: every feature undone in reverse (original processors back, turbo submodules, compiled
+    wrappers and hooks removed), `pipe.turbo` deleted. Returns the same object. Raises `TurboError` if it is not
+    accelerated."""
     report = getattr(pipe, REPORT_ATTR, None)
     if not isinstance(report, TurboReport):
         raise TurboError("this object was not accelerated by turbo (no .turbo report); nothing to restore.")
-    for record in report.installed:
-        for module, original in record.sites:
-            module.set_processor(original)
-            delattr(module, METHOD_ATTR)
-        remove_step_hook(record.model, record.hook_undo)
+    _undo(report.context, report.installed)
     delattr(pipe, REPORT_ATTR)
     return pipe
 
 
-def _attention_path(config: TurboConfig, capabilities: Capabilities) -> str:
-    method, backend = config.attention.method, config.attention.backend
-    state = capabilities.methods[method]
-    if backend == "reference":
-        return "stock" if method == "dense" else "reference"
-    if backend == "triton" and state not in ("kernel", "stock"):
-        reason = "turbo has no Triton kernel for it yet" if capabilities.cuda else "this machine has no CUDA GPU"
-        raise TurboConfigError(
-            f"attention.backend='triton' for method '{method}' is unavailable ({reason}); use backend='auto' to run "
-            "the PyTorch reference instead."
-        )
-    return state
-
-
-def _warnings(config: TurboConfig, preset: str | None, path: str) -> list[str]:
-    out = []
-    if preset is not None and PRESETS[preset].needs_finetuned:
-        out.append(
-            f"preset '{preset}' expects turbo-fine-tuned weights ({PRESETS[preset].description}); "
-            "on a stock checkpoint expect visibly lower quality."
-        )
-    if path == "reference":
-        out.append(
-            f"attention '{config.attention.method}' runs on its PyTorch reference here (correct, but not faster than "
-            "dense attention); the Triton kernels need a CUDA GPU."
-        )
-    return out
-
-
-def _check_composable(model: nn.Module, config: TurboConfig) -> None:
-    if config.attention.method == "dense":
-        return
-    processors = getattr(model, "attn_processors", {})
-    if any(getattr(p, "_parallel_config", None) is not None for p in processors.values()):
-        raise TurboConfigError(
-            f"attention '{config.attention.method}' does not support diffusers context parallelism yet; accelerate "
-            "before enable_parallelism with method='dense', or run on one GPU."
-        )
+def _undo(context: InstallContext, installed: list[tuple]) -> None:
+    for feature, token in reversed(installed):
+        feature.undo(context, token)
+    for target in context.targets:
+        if target.hook_undo is not None:
+            remove_step_hook(target.model, target.hook_undo)
+            target.hook_undo = target.step_hook = None

@@ -8,16 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .config import ATTENTION_METHODS, NOT_BUILT
-
-# Attention methods with a Triton kernel in turbo, and the minimum CUDA compute capability each needs.
-# Kernel modules register here when they exist; a method absent from this table runs on the reference path.
-ATTENTION_KERNELS: dict[str, tuple[int, int]] = {
-    "sla": (8, 0),  # turbo/attention/kernels/sla_forward.py: forward (inference); training uses the reference
-    "svg": (8, 0),  # band attention on the same block-sparse kernel (inference; HunyuanVideo text tail: reference)
-    "lowbit": (8, 9),  # kernels/lowbit_forward.py: FP8 P·V needs sm_89+ (forward only)
-    "sla2": (8, 0),  # same kernel, α-mix mode: hard top-k forward (inference); QAT / SoftTop-k use the reference
-}
+from .registry import attention_methods
 
 
 def _version(package: str) -> str | None:
@@ -37,7 +28,7 @@ class Capabilities:
     compute_capability: tuple[int, int] | None
     bf16: bool
     fp8: bool
-    methods: dict[str, str] = field(default_factory=dict)  # method -> stock | kernel | reference | not built
+    methods: dict[str, str] = field(default_factory=dict)  # method -> stock | kernel | reference
 
     def has_kernel(self, method: str) -> bool:
         return self.methods.get(method) == "kernel"
@@ -59,7 +50,7 @@ class Capabilities:
             "reference": "PyTorch reference (correct, not fast)",
             "not built": "not implemented yet",
         }
-        out += [f"  {name:<7} {labels[state]}" for name, state in self.methods.items()]
+        out += [f"  {name:<7} {labels.get(state, state)}" for name, state in self.methods.items()]
         return out
 
 
@@ -69,12 +60,10 @@ def detect() -> Capabilities:
     cc = torch.cuda.get_device_capability() if cuda else None
     triton = _version("triton")
     methods = {}
-    for method in ATTENTION_METHODS:
-        if ("attention.method", method) in NOT_BUILT:
-            methods[method] = "not built"
-        elif method == "dense":
+    for method, spec in attention_methods().items():
+        if method == "dense":
             methods[method] = "stock"
-        elif cuda and triton and method in ATTENTION_KERNELS and cc >= ATTENTION_KERNELS[method]:
+        elif cuda and triton and spec.kernel is not None and cc >= spec.kernel:
             methods[method] = "kernel"
         else:
             methods[method] = "reference"

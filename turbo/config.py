@@ -1,8 +1,13 @@
-"""`TurboConfig`: one frozen dataclass tree describing what `turbo.accelerate` does.
+"""`TurboConfig`: one frozen tree describing what `turbo.accelerate` does.
 
-Each sub-config has an "off"-like choice. Fields carry metadata (`help`, `methods`, `choices`, `range`) so the CLI and
-the app can build their controls from the schema. Field names are unique across sub-configs, which lets
-`TurboConfig.replace(keep=0.05)` and `accelerate(pipe, keep=0.05)` route a flat keyword to its sub-config.
+Sections come from the feature registry (`turbo.registry`): attention, quant, cache, sampler, compile, plus any
+registered feature. `AttentionConfig` holds the settings every method shares (method, backend, dense warm-up) and the
+chosen method's own options dataclass (registered with the method), so methods never collide on option names.
+Every option is a dataclass field made with `option(...)`; its metadata (help, choices, range) drives validation, the
+CLI flags and the app's controls through `option_specs()`.
+
+Flat keywords (`accelerate(pipe, "fast", keep=0.05)`) route to their section: attention's shared fields and the
+current method's options by name, other sections by `<section>_<field>` (or the bare field name when it is unique).
 """
 
 from __future__ import annotations
@@ -11,220 +16,344 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import Any
 
-from .errors import NotImplementedMethodError, TurboConfigError
+from .errors import TurboConfigError
+from .registry import attention_methods, features, method_spec
 
-ATTENTION_METHODS = ("dense", "sla", "sla2", "lowbit", "svg", "svg2")
+CONFIG_VERSION = 1
 ATTENTION_BACKENDS = ("auto", "reference", "triton")
-QUANT_MODES = ("off", "fp8", "int8", "nvfp4-mixed")
-CACHE_MODES = ("off", "tdc")
-SAMPLER_MODES = ("default", "rcm")
-
-# Methods in the schema that are not built yet, with the capability that will deliver them.
-NOT_BUILT = {
-    ("quant.mode", "fp8"): "W8A8 FP8 linear quantisation is not implemented yet",
-    ("quant.mode", "int8"): "W8A8 INT8 linear quantisation is not implemented yet",
-    ("quant.mode", "nvfp4-mixed"): "NVFP4/INT8 mixed-precision quantisation is not implemented yet",
-    ("cache.mode", "tdc"): "the Temporal Delta Cache is not implemented yet",
-    ("sampler.mode", "rcm"): "the rCM few-step sampler is not implemented yet",
-}
+ATTENTION_SHARED = ("method", "backend", "dense_steps", "dense_layers")
 
 
-def _opt(default, help: str, *, methods: tuple[str, ...] = (), choices: tuple = (), range: tuple = ()):
-    meta = {"help": help, "methods": methods, "choices": choices, "range": range}
-    return field(default=default, metadata=meta)
+def option(default, help: str, *, choices: tuple = (), range: tuple = (), open_low: bool = False):
+    """A config field with its metadata: `choices` (allowed values), `range` (inclusive (lo, hi); `open_low` makes
+    the lower bound exclusive)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "range": range, "open_low": open_low})
 
 
-@dataclass(frozen=True)
+def option_fields(cls) -> list[dataclasses.Field]:
+    """The option fields of a section or options dataclass (fields made with `option`)."""
+    return [f for f in fields(cls) if "help" in f.metadata]
+
+
+def validate_options(obj, path: str) -> None:
+    """Check every option field of `obj` against its choices and range; one-sentence `TurboConfigError`."""
+    for f in option_fields(obj):
+        value = getattr(obj, f.name)
+        choices, bounds = f.metadata["choices"], f.metadata["range"]
+        if choices and value not in choices:
+            raise TurboConfigError(f"{path}.{f.name}={value!r} is not one of {', '.join(map(str, choices))}.")
+        if bounds and isinstance(value, (int, float)) and not isinstance(value, bool):
+            low, high = bounds
+            if f.metadata["open_low"]:
+                if not (math.isfinite(value) and low < value <= high):
+                    raise TurboConfigError(
+                        f"{path}.{f.name}={value} must be in ({low:g}, {high:g}]; e.g. {f.name}=0.1 computes 10%."
+                    )
+            elif not math.isfinite(value) or not (low <= value <= high):
+                raise TurboConfigError(f"{path}.{f.name}={value} is outside [{low}, {high}].")
+
+
+def _typed(path: str, f: dataclasses.Field, value: Any) -> Any:
+    expected = type(f.default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise TurboConfigError(f"{path}.{f.name} expects {expected.__name__}, got {value!r}.")
+    return value
+
+
+def replace_options(obj, path: str, values: dict[str, Any]):
+    """`dataclasses.replace` with type checks and a one-sentence error for unknown names."""
+    known = {f.name: f for f in fields(obj)}
+    checked = {}
+    for key, value in values.items():
+        if key not in known:
+            raise TurboConfigError(f"{path} has no option '{key}'; options: {', '.join(known) or 'none'}.")
+        checked[key] = _typed(path, known[key], value)
+    return dataclasses.replace(obj, **checked)
+
+
+# ---------------------------------------------------------------------------------------------------------- attention
+
+
+@dataclass(frozen=True, init=False)
 class AttentionConfig:
-    """Self-attention method and its parameters (cross-attention always stays dense)."""
+    """Self-attention: the method, its backend, dense warm-up, and the method's own options (`options`, a frozen
+    dataclass registered with the method). Method options read as attributes: `config.attention.keep`.
 
-    method: str = _opt("dense", "self-attention method", choices=ATTENTION_METHODS)
-    backend: str = _opt(
+    `AttentionConfig(method="sla", keep=0.05, dense_steps=10)` builds one; an option the method does not have is an
+    error naming the methods that have it."""
+
+    method: str = option("dense", "self-attention method")
+    backend: str = option(
         "auto", "auto = Triton kernel on CUDA when one exists, else the PyTorch reference", choices=ATTENTION_BACKENDS
     )
-    keep: float = _opt(0.1, "fraction of key blocks computed exactly", methods=("sla", "sla2"), range=(0.0, 1.0))
-    block_q: int = _opt(128, "query block size (tokens)", methods=("sla", "sla2", "lowbit", "svg"), range=(16, 1024))
-    block_k: int = _opt(64, "key block size (tokens)", methods=("sla", "sla2", "lowbit", "svg"), range=(16, 1024))
-    negligible: float = _opt(
-        0.0, "fraction of lowest-scored key blocks dropped from the linear branch", methods=("sla",), range=(0.0, 1.0)
-    )
-    alpha_init: float = _opt(
-        0.9, "initial sparse/linear mix alpha (1.0 = pure sparse branch)", methods=("sla2",), range=(0.0, 1.0)
-    )
-    alpha_bins: int = _opt(
-        256, "alpha values per head; query blocks map onto them by relative position", methods=("sla2",),
-        range=(1, 65536),
-    )
-    soft_topk: bool = _opt(False, "SoftTop-k routing (SLA2 stage-1 router training)", methods=("sla2",))
-    tau: float = _opt(0.1, "SoftTop-k temperature", methods=("sla2",), range=(0.0, 10.0))
-    quantized: bool = _opt(False, "low-bit (INT8 QK, FP8 PV) sparse branch with QAT", methods=("sla2",))
-    density: float = _opt(0.25, "fraction of the attention map computed", methods=("svg",), range=(0.0, 1.0))
-    profile_rows: int = _opt(64, "query rows sampled to classify heads", methods=("svg",), range=(1, 100000))
-    q_clusters: int = _opt(256, "k-means clusters of the queries, per head", methods=("svg2",), range=(1, 100000))
-    k_clusters: int = _opt(1024, "k-means clusters of the keys, per head", methods=("svg2",), range=(1, 100000))
-    top_p: float = _opt(0.9, "attention mass of the key clusters kept per query cluster", methods=("svg2",),
-                        range=(0.0, 1.0))
-    kmeans_iters: int = _opt(2, "Lloyd iterations per step (warm-started per CFG branch)", methods=("svg2",),
-                             range=(1, 1000))
-    dense_steps: int = _opt(0, "first N denoising steps run dense attention", range=(0, 100000))
-    dense_layers: int = _opt(0, "first N transformer blocks run dense attention", range=(0, 100000))
+    dense_steps: int = option(0, "first N denoising steps run dense attention", range=(0, 100000))
+    dense_layers: int = option(0, "first N transformer blocks run dense attention", range=(0, 100000))
+    options: Any = None
 
-    def validate(self) -> None:
-        _check_choice("attention.method", self.method, ATTENTION_METHODS)
-        _check_choice("attention.backend", self.backend, ATTENTION_BACKENDS)
-        _check_ranges(self, "attention")
-        for name in ("keep", "density", "top_p"):
-            value = getattr(self, name)
-            if not (0.0 < value <= 1.0):
-                raise TurboConfigError(f"attention.{name}={value} must be in (0, 1]; e.g. {name}=0.1 computes 10%.")
-        if self.method == "sla" and self.keep + self.negligible > 1.0:
-            raise TurboConfigError(
-                f"attention.negligible={self.negligible} must be in [0, 1 - keep) so that keep + negligible <= 1."
-            )
-        if self.method == "sla2" and not (0.0 < self.alpha_init <= 1.0):
-            raise TurboConfigError(f"attention.alpha_init={self.alpha_init} must be in (0, 1].")
-        for name in ("block_q", "block_k"):
-            value = getattr(self, name)
-            if value & (value - 1):
-                raise TurboConfigError(f"attention.{name}={value} must be a power of two (kernels tile by it).")
+    def __init__(self, method: str = "dense", backend: str = "auto", dense_steps: int = 0, dense_layers: int = 0,
+                 options: Any = None, **method_options: Any):
+        spec = method_spec(method)
+        base = options if type(options) is spec.options else spec.options()
+        if method_options:
+            base = _method_options(base, method, method_options)
+        shared = {f.name: f for f in fields(AttentionConfig)}
+        for name, value in (("method", method), ("backend", backend), ("dense_steps", dense_steps),
+                            ("dense_layers", dense_layers)):
+            object.__setattr__(self, name, _typed("attention", shared[name], value))
+        object.__setattr__(self, "options", base)
+        validate_options(self, "attention")
+        validate_options(base, "attention")
+        validate = getattr(base, "validate", None)
+        if validate is not None:
+            validate()
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name == "options":
+            raise AttributeError(name)
+        try:
+            return getattr(object.__getattribute__(self, "options"), name)
+        except AttributeError:
+            raise AttributeError(f"attention method '{self.method}' has no option '{name}'") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in ATTENTION_SHARED} | dataclasses.asdict(self.options)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AttentionConfig:
+        return cls(**data)
 
 
-@dataclass(frozen=True)
-class QuantConfig:
-    """Linear-layer quantisation."""
-
-    mode: str = _opt("off", "linear quantisation", choices=QUANT_MODES)
-
-    def validate(self) -> None:
-        _check_choice("quant.mode", self.mode, QUANT_MODES)
-
-
-@dataclass(frozen=True)
-class CacheConfig:
-    """Step-to-step block caching."""
-
-    mode: str = _opt("off", "block residual cache", choices=CACHE_MODES)
-
-    def validate(self) -> None:
-        _check_choice("cache.mode", self.mode, CACHE_MODES)
+def _method_options(base, method: str, values: dict[str, Any]):
+    own = {f.name for f in fields(base)}
+    for key in values:
+        if key not in own:
+            owners = [name for name, spec in attention_methods().items()
+                      if key in {f.name for f in fields(spec.options)}]
+            if owners:
+                raise TurboConfigError(
+                    f"attention method '{method}' has no option '{key}' (it belongs to {', '.join(owners)}); "
+                    f"choose the method too, e.g. attention='{owners[0]}', {key}=...."
+                )
+    return replace_options(base, f"attention ({method})", values)
 
 
-@dataclass(frozen=True)
-class SamplerConfig:
-    """Sampler / step distillation."""
-
-    mode: str = _opt("default", "default = the pipeline's own scheduler", choices=SAMPLER_MODES)
-
-    def validate(self) -> None:
-        _check_choice("sampler.mode", self.mode, SAMPLER_MODES)
+# ------------------------------------------------------------------------------------------------------------ config
 
 
-SECTIONS = {"attention": AttentionConfig, "quant": QuantConfig, "cache": CacheConfig, "sampler": SamplerConfig}
+def _section_dict(section) -> dict[str, Any]:
+    return section.to_dict() if hasattr(section, "to_dict") else dataclasses.asdict(section)
 
 
-@dataclass(frozen=True)
+def _section_from(name: str, value: Any, current: Any):
+    """A section from what a user passed: an instance, a dict (fresh from defaults), a string (the attention
+    method / the section's mode) or a bool (a section with a mode: True = its `recommended` mode, False = off)."""
+    cls = features()[name].config_cls
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        return cls.from_dict(value) if hasattr(cls, "from_dict") else replace_options(cls(), name, value)
+    if isinstance(value, str):
+        if cls is AttentionConfig:
+            return AttentionConfig(method=value, backend=current.backend, dense_steps=current.dense_steps,
+                                   dense_layers=current.dense_layers)
+        return replace_options(current, name, {"mode": value})
+    if isinstance(value, bool) and "mode" in {f.name for f in fields(cls)}:
+        return replace_options(current, name, {"mode": getattr(cls, "recommended", "on") if value else "off"})
+    raise TurboConfigError(f"{name}= expects a {cls.__name__}, a dict or a string, got {type(value).__name__}.")
+
+
 class TurboConfig:
-    """Everything `turbo.accelerate` applies. Frozen; derive variants with `replace`."""
+    """Everything `turbo.accelerate` applies: one section per registered feature (`config.attention`,
+    `config.quant`, ...). Frozen; derive variants with `replace`; JSON round trip with `to_json` / `from_json`
+    (carrying `version`)."""
 
-    attention: AttentionConfig = field(default_factory=AttentionConfig)
-    quant: QuantConfig = field(default_factory=QuantConfig)
-    cache: CacheConfig = field(default_factory=CacheConfig)
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    __slots__ = ("_sections",)
+    version = CONFIG_VERSION
 
-    def __post_init__(self):
-        for name, cls in SECTIONS.items():
-            value = getattr(self, name)
-            if not isinstance(value, cls):
-                raise TurboConfigError(f"TurboConfig.{name} must be a {cls.__name__}, got {type(value).__name__}.")
-            value.validate()
+    def __init__(self, **sections: Any):
+        known = features()
+        unknown = set(sections) - set(known)
+        if unknown:
+            raise TurboConfigError(f"unknown config sections {sorted(unknown)}; expected {sorted(known)}.")
+        values = {}
+        for name, feature in known.items():
+            value = sections.get(name)
+            if value is None:
+                value = feature.config_cls()
+            elif not isinstance(value, feature.config_cls):
+                raise TurboConfigError(
+                    f"TurboConfig.{name} must be a {feature.config_cls.__name__}, got {type(value).__name__}."
+                )
+            values[name] = value
+        object.__setattr__(self, "_sections", MappingProxyType(values))
+
+    def __getattr__(self, name: str):
+        sections = object.__getattribute__(self, "_sections")
+        if name in sections:
+            return sections[name]
+        raise AttributeError(f"TurboConfig has no section '{name}'; sections: {', '.join(sections)}.")
+
+    def __setattr__(self, name: str, value: Any):
+        raise dataclasses.FrozenInstanceError(f"cannot assign to field '{name}' (TurboConfig is frozen; use replace)")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TurboConfig) and dict(self._sections) == dict(other._sections)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._sections.items()))
+
+    def __repr__(self) -> str:
+        return f"TurboConfig({', '.join(f'{k}={v!r}' for k, v in self._sections.items())})"
+
+    @property
+    def sections(self) -> dict[str, Any]:
+        return dict(self._sections)
 
     def check_built(self) -> None:
-        """Raise `NotImplementedMethodError` if the config asks for a method that does not exist yet."""
-        for (path, value), message in NOT_BUILT.items():
-            section, name = path.split(".")
-            if getattr(getattr(self, section), name) == value:
-                raise NotImplementedMethodError(f"{path}='{value}': {message}; choose another {path}.")
+        """Raise `NotImplementedMethodError` if a section asks for a mode that does not exist yet."""
+        for name, feature in features().items():
+            feature.check_config(self._sections[name])
 
     def replace(self, **overrides: Any) -> TurboConfig:
-        """Return a copy with overrides. Keys are section names (a sub-config, a dict, or for `attention` a method
-        name string) or flat field names such as `keep=0.05` or `method="sla"`."""
-        sections = {name: getattr(self, name) for name in SECTIONS}
-        for key, value in overrides.items():
-            if key in SECTIONS:
-                sections[key] = _coerce_section(key, value, sections[key])
-                continue
-            owner = FIELD_OWNER.get(key)
-            if owner is None:
-                raise TurboConfigError(
-                    f"unknown option '{key}'; options are {', '.join(sorted(SECTIONS))} or one of "
-                    f"{', '.join(sorted(FIELD_OWNER))}."
-                )
-            sections[owner] = _replace_checked(sections[owner], owner, {key: value})
+        """A copy with overrides: section names (a section object, a dict, a string = the attention method or the
+        section's mode, a bool for on/off sections), or flat option keys as listed by `option_specs()`:
+        `method`, `backend`, `dense_steps`, `dense_layers`, the current method's options (`keep=0.05`), and
+        `<section>_<field>` (or a bare field name unique among the other sections)."""
+        sections = dict(self._sections)
+        pending = dict(overrides)
+        for key in [k for k in pending if k in sections]:
+            sections[key] = _section_from(key, pending.pop(key), sections[key])
+        if "method" in pending:
+            sections["attention"] = _section_from("attention", pending.pop("method"), sections["attention"])
+        attention_values, section_values = {}, {}
+        for key, value in pending.items():
+            owner, name = _route(key, sections)
+            if owner == "attention":
+                attention_values[name] = value
+            else:
+                section_values.setdefault(owner, {})[name] = value
+        if attention_values:
+            current = sections["attention"]
+            shared = {k: attention_values.pop(k) for k in list(attention_values) if k in ATTENTION_SHARED}
+            args = {name: getattr(current, name) for name in ATTENTION_SHARED} | shared
+            sections["attention"] = AttentionConfig(**args, options=current.options, **attention_values)
+        for owner, values in section_values.items():
+            sections[owner] = replace_options(sections[owner], owner, values)
         return TurboConfig(**sections)
 
-    def to_dict(self) -> dict[str, dict[str, Any]]:
-        return dataclasses.asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": CONFIG_VERSION} | {name: _section_dict(s) for name, s in self._sections.items()}
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TurboConfig:
-        unknown = set(data) - set(SECTIONS)
+        data = dict(data)
+        version = data.pop("version", CONFIG_VERSION)
+        if not isinstance(version, int) or version > CONFIG_VERSION:
+            raise TurboConfigError(
+                f"this config has version {version!r}, newer than this turbo understands ({CONFIG_VERSION}); "
+                "upgrade turbo."
+            )
+        known = features()
+        unknown = set(data) - set(known)
         if unknown:
-            raise TurboConfigError(f"unknown config sections {sorted(unknown)}; expected {sorted(SECTIONS)}.")
-        return cls(**{name: _coerce_section(name, data.get(name, {}), SECTIONS[name]()) for name in SECTIONS})
+            raise TurboConfigError(f"unknown config sections {sorted(unknown)}; expected {sorted(known)}.")
+        return cls(**{name: _section_from(name, value, known[name].config_cls()) for name, value in data.items()})
 
     @classmethod
     def from_json(cls, text: str) -> TurboConfig:
         return cls.from_dict(json.loads(text))
 
 
-FIELD_OWNER = {f.name: section for section, cls in SECTIONS.items() for f in fields(cls)}
-# `mode` exists in three sections; flat `mode=` would be ambiguous, so it must be given per section.
-for _ambiguous in ("mode",):
-    FIELD_OWNER.pop(_ambiguous, None)
+def _route(key: str, sections: dict[str, Any]) -> tuple[str, str]:
+    """(section, field) a flat keyword belongs to."""
+    attention = sections["attention"]
+    method_option_names = {f.name for spec in attention_methods().values() for f in fields(spec.options)}
+    if key in ATTENTION_SHARED or key in method_option_names:
+        return "attention", key
+    others = {name: {f.name for f in fields(s)} for name, s in sections.items() if name != "attention"}
+    for name, names in others.items():
+        prefix = name + "_"
+        if key.startswith(prefix) and key[len(prefix):] in names:
+            return name, key[len(prefix):]
+    owners = [name for name, names in others.items() if key in names and key != "mode"]
+    if len(owners) == 1:
+        return owners[0], key
+    if len(owners) > 1:
+        raise TurboConfigError(
+            f"option '{key}' exists in sections {', '.join(owners)}; write it as {owners[0]}_{key}=... ."
+        )
+    del attention
+    keys = sorted({s.key for s in option_specs()})
+    raise TurboConfigError(f"unknown option '{key}'; options are {', '.join(keys)}.")
 
 
-def _coerce_section(name: str, value: Any, current: Any) -> Any:
-    cls = SECTIONS[name]
-    if isinstance(value, cls):
-        return value
-    if isinstance(value, dict):
-        return _replace_checked(cls(), name, value)
-    if isinstance(value, str):
-        key = "method" if name == "attention" else "mode"
-        return _replace_checked(current, name, {key: value})
-    raise TurboConfigError(f"{name}= expects a {cls.__name__}, a dict or a string, got {type(value).__name__}.")
+# ------------------------------------------------------------------------------------------------------ option specs
 
 
-def _replace_checked(section: Any, name: str, values: dict[str, Any]) -> Any:
-    known = {f.name: f for f in fields(section)}
-    for key, value in values.items():
-        if key not in known:
-            raise TurboConfigError(f"{name} has no option '{key}'; options: {', '.join(known)}.")
-        expected = type(known[key].default)
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            values[key] = float(value)
-        elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise TurboConfigError(f"{name}.{key} expects {expected.__name__}, got {value!r}.")
-    return dataclasses.replace(section, **values)
+@dataclass(frozen=True)
+class OptionSpec:
+    """One user-facing option, for the CLI and the app. `key` is the keyword `turbo.accelerate` and
+    `TurboConfig.replace` accept; `methods` lists the attention methods it applies to (empty: always); `default` is
+    None when it depends on the method."""
+
+    key: str
+    flag: str
+    section: str
+    name: str
+    type: type
+    default: Any
+    choices: tuple
+    range: tuple
+    help: str
+    methods: tuple[str, ...] = ()
 
 
-def _check_choice(path: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise TurboConfigError(f"{path}='{value}' is not one of {', '.join(choices)}.")
+def _spec(key: str, section: str, f: dataclasses.Field, default: Any, methods: tuple = (),
+          choices: tuple | None = None) -> OptionSpec:
+    meta = f.metadata
+    return OptionSpec(key, "--" + key.replace("_", "-"), section, f.name, type(f.default), default,
+                      meta["choices"] if choices is None else choices, meta["range"], meta["help"], methods)
 
 
-def _check_ranges(section: Any, name: str) -> None:
-    for f in fields(section):
-        bounds = f.metadata.get("range")
-        value = getattr(section, f.name)
-        if bounds and isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value) or not (bounds[0] <= value <= bounds[1]):
-                raise TurboConfigError(f"{name}.{f.name}={value} is outside [{bounds[0]}, {bounds[1]}].")
+def option_specs() -> list[OptionSpec]:
+    """Every option of every registered section and attention method, in a stable order (attention first)."""
+    out = []
+    methods = attention_methods()
+    for f in option_fields(AttentionConfig):
+        key = "attention" if f.name == "method" else f.name
+        out.append(_spec(key, "attention", f, f.default, choices=tuple(methods) if f.name == "method" else None))
+    by_name: dict[str, list] = {}
+    for name, spec in methods.items():
+        for f in option_fields(spec.options):
+            by_name.setdefault(f.name, []).append((name, f))
+    for name, entries in by_name.items():
+        defaults = {f.default for _, f in entries}
+        first = entries[0][1]
+        out.append(_spec(name, "attention", first, first.default if len(defaults) == 1 else None,
+                         tuple(method for method, _ in entries)))
+    for section, feature in features().items():
+        if section == "attention":
+            continue
+        for f in option_fields(feature.config_cls):
+            key = section if f.name == "mode" else f"{section}_{f.name}"
+            out.append(_spec(key, section, f, f.default))
+    return out
+
+
+def needs_finetuned(config: TurboConfig) -> bool:
+    """Whether the config's attention method needs turbo-fine-tuned weights for good quality."""
+    return method_spec(config.attention.method).needs_finetuned
+
+
+# ----------------------------------------------------------------------------------------------------------- presets
 
 
 @dataclass(frozen=True)
@@ -237,9 +366,8 @@ class Preset:
     needs_finetuned: bool
 
 
-PRESETS: dict[str, Preset] = {
-    p.name: p
-    for p in (
+def _build_presets() -> dict[str, Preset]:
+    presets = (
         Preset(
             "quality",
             TurboConfig(attention=AttentionConfig(method="lowbit", block_k=128)),
@@ -266,7 +394,15 @@ PRESETS: dict[str, Preset] = {
             True,
         ),
     )
-}
+    return {p.name: p for p in presets}
+
+
+def __getattr__(name: str):
+    # PRESETS is built on first use: its configs need the registered methods, whose modules import this one.
+    if name == "PRESETS":
+        globals()["PRESETS"] = presets = _build_presets()
+        return presets
+    raise AttributeError(f"module 'turbo.config' has no attribute {name!r}")
 
 
 def resolve_config(config: TurboConfig | str | dict | None, default: TurboConfig, **overrides: Any) -> tuple[
@@ -275,15 +411,16 @@ def resolve_config(config: TurboConfig | str | dict | None, default: TurboConfig
     """Turn what a user passed (None, a preset name, a dict, a TurboConfig) plus flat overrides into a TurboConfig.
 
     Returns the config and the preset name it came from (None if not a preset)."""
+    presets = __getattr__("PRESETS") if "PRESETS" not in globals() else globals()["PRESETS"]
     preset_name = None
     if config is None:
         base = default
     elif isinstance(config, TurboConfig):
         base = config
     elif isinstance(config, str):
-        if config not in PRESETS:
-            raise TurboConfigError(f"unknown preset '{config}'; presets are {', '.join(PRESETS)}.")
-        base, preset_name = PRESETS[config].config, config
+        if config not in presets:
+            raise TurboConfigError(f"unknown preset '{config}'; presets are {', '.join(presets)}.")
+        base, preset_name = presets[config].config, config
     elif isinstance(config, dict):
         base = TurboConfig.from_dict(config)
     else:

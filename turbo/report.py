@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from .config import TurboConfig
+from .registry import features
 from .runtime import TurboRuntime
 
 
@@ -17,6 +19,7 @@ class TransformerReport:
     method: str
     path: str  # "stock", "kernel" or "reference"
     learnable_parameters: int
+    turbo_parts: str | None = None  # the fine-tuned attention parts file loaded, if any
 
 
 @dataclass
@@ -27,42 +30,42 @@ class TurboReport:
     transformers: list[TransformerReport]
     runtime: TurboRuntime
     warnings: list[str] = field(default_factory=list)
-    # what `turbo.restore` needs to undo each transformer (accelerate's private records)
+    # what `turbo.restore` needs: the install context and (feature, undo token) pairs, in install order
+    context: Any = field(default=None, repr=False)
     installed: list = field(default_factory=list, repr=False)
 
     @property
     def processors_installed(self) -> int:
         return sum(t.self_attention_layers for t in self.transformers)
 
+    def models(self) -> list[tuple[str, Any]]:
+        """(component, transformer) pairs that were accelerated."""
+        return [(t.component, t.model) for t in self.context.targets]
+
     def __str__(self) -> str:
-        a = self.config.attention
         name = f"preset '{self.preset}'" if self.preset else "custom config"
         lines = [f"turbo: {name} on {self.machine}"]
-        details = {
-            "sla": f"keep {a.keep:.0%}, blocks {a.block_q}×{a.block_k}",
-            "sla2": f"keep {a.keep:.0%}, blocks {a.block_q}×{a.block_k}, soft top-k {a.soft_topk}, "
-                    f"low-bit {a.quantized}",
-            "svg": f"density {a.density:.0%}, {a.profile_rows} profiling rows",
-            "svg2": f"k-means {a.q_clusters} Q / {a.k_clusters} K clusters, top-p {a.top_p}, {a.kmeans_iters} iters",
-            "lowbit": "INT8 QK, FP8 PV",
-        }.get(a.method, "")
-        warm = []
-        if a.dense_steps:
-            warm.append(f"first {a.dense_steps} steps dense")
-        if a.dense_layers:
-            warm.append(f"first {a.dense_layers} blocks dense")
-        lines.append(
-            f"  attention  {a.method}" + (f" ({details})" if details else "") + (f"; {', '.join(warm)}" if warm else "")
-        )
+        registered = features()
+        sections = self.config.sections
+        lines.append(f"  attention  {registered['attention'].describe(sections['attention'])}")
         for t in self.transformers:
             lines.append(
                 f"  {t.component:<13} {t.class_name}: {t.self_attention_layers} self-attention layers "
                 f"→ {t.method} [{t.path}]" + (f", +{t.learnable_parameters:,} learnable params"
                                                      if t.learnable_parameters else "")
+                + (f", fine-tuned parts from {t.turbo_parts}" if t.turbo_parts else "")
             )
-        lines.append(
-            f"  quant {self.config.quant.mode}, cache {self.config.cache.mode}, sampler {self.config.sampler.mode}"
-        )
+        off = []
+        for section_name, feature in registered.items():
+            if section_name == "attention":
+                continue
+            section = sections[section_name]
+            if feature.active(section):
+                lines.append(f"  {section_name:<10} {feature.describe(section)}")
+            else:
+                off.append(f"{section_name} {getattr(section, 'mode', 'off')}")
+        if off:
+            lines.append("  " + ", ".join(off))
         stats = self.runtime.stats
         if stats.calls:
             calls = ", ".join(f"{k} {v}" for k, v in sorted(stats.calls.items()))

@@ -29,8 +29,8 @@ def test_text_rows_including_padding_stay_exact_under_sparse_methods():
     nv = geometry.num_tokens
     dense = _sdpa(mask)
     expected = dense(q, k, v)
-    call = AttentionCall(geometry, nv, 0, 0, "cond", dense, attn_mask=mask, text_mask=mask[:, 0, 0, nv:])
-    for method in (SLAAttention(16, AttentionConfig(method="sla", keep=0.25, block_q=16, block_k=16)),
+    call = AttentionCall(geometry, nv, dense, attn_mask=mask, text_mask=mask[:, 0, 0, nv:])
+    for method in (SLAAttention(AttentionConfig(method="sla", keep=0.25, block_q=16, block_k=16), 2, 16),
                    SVGAttention(AttentionConfig(method="svg", density=0.3, block_q=16, block_k=16))):
         out = method(q, k, v, call)
         assert torch.equal(out[:, nv:], dense(q[:, nv:], k, v))
@@ -43,8 +43,8 @@ def test_text_rows_including_padding_stay_exact_under_sparse_methods():
 def test_padding_text_keys_are_never_attended_by_video_rows():
     geometry, q, k, v, mask = _joint_inputs()
     nv = geometry.num_tokens
-    call = AttentionCall(geometry, nv, 0, 0, "cond", _sdpa(mask), attn_mask=mask, text_mask=mask[:, 0, 0, nv:])
-    method = SLAAttention(16, AttentionConfig(method="sla", keep=1.0, block_q=16, block_k=16))
+    call = AttentionCall(geometry, nv, _sdpa(mask), attn_mask=mask, text_mask=mask[:, 0, 0, nv:])
+    method = SLAAttention(AttentionConfig(method="sla", keep=1.0, block_q=16, block_k=16), 2, 16)
     out = method(q, k, v, call)
     k2, v2 = k.clone(), v.clone()
     k2[:, nv + 7:] = 100.0  # garbage in padding slots must not change anything

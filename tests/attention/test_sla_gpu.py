@@ -16,9 +16,9 @@ pytestmark = [pytest.mark.gpu,
 def test_sla_module_kernel_path_matches_reference_at_wan_480p(keep):
     torch.manual_seed(int(torch.randint(0, 2**31, ())))
     q, k, v = (torch.randn(1, 32760, 12, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    method = SLAAttention(128, AttentionConfig(method="sla", keep=keep)).cuda()
+    method = SLAAttention(AttentionConfig(method="sla", keep=keep), 12, 128).cuda()
     torch.nn.init.normal_(method.proj.weight, std=0.05)
-    call = AttentionCall(TokenGeometry(21, 30, 52), 32760, 5, 3, "cond", dense=None)
+    call = AttentionCall(TokenGeometry(21, 30, 52), 32760, dense=None)
     with torch.no_grad():
         assert method.use_kernel(q, None)
         out = method(q, k, v, call)

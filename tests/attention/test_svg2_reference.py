@@ -6,7 +6,7 @@ import torch
 from turbo.attention import SVG2Attention, reference
 from turbo.config import AttentionConfig
 from turbo.geometry import TokenGeometry
-from turbo.runtime import AttentionCall
+from turbo.runtime import AttentionCall, StepInfo
 
 
 def _seed():
@@ -81,13 +81,17 @@ def test_method_keeps_warm_starts_per_cfg_branch_and_resets_at_step_zero():
     method = SVG2Attention(AttentionConfig(method="svg2", q_clusters=4, k_clusters=8, top_p=0.8))
     q, k, v = (torch.randn(1, 64, 2, 16) for _ in range(3))
 
-    def call(step, branch):
-        return AttentionCall(TokenGeometry(4, 4, 4), 64, step, 0, branch, dense=None)
+    geometry = TokenGeometry(4, 4, 4)
+    call = AttentionCall(geometry, 64, dense=None)
 
-    method(q, k, v, call(0, "cond"))
+    def at(step, branch):  # what the step hook does before each forward
+        method.prepare(StepInfo(step, branch, 0, geometry, q.device))
+        return call
+
+    method(q, k, v, at(0, "cond"))
     cond0 = method.centroids["cond"]
-    method(q, k, v, call(0, "uncond"))
+    method(q, k, v, at(0, "uncond"))
     assert set(method.centroids) == {"cond", "uncond"}
-    method(q, k, v, call(1, "cond"))
+    method(q, k, v, at(1, "cond"))
     assert method.centroids["cond"][0].shape == cond0[0].shape
     assert method.last_density is not None and 0 < method.last_density <= 1

@@ -16,8 +16,9 @@ def test_svg_kernel_path_matches_reference(density, frames, tokens_per_frame):
     q, k, v = (torch.randn(1, frames * tokens_per_frame, 2, 32, generator=g).to(DEVICE) for _ in range(3))
     method = SVGAttention(AttentionConfig(method="svg", density=density, block_q=32, block_k=32, profile_rows=16))
     with torch.no_grad():
-        out, labels, got_density = method.kernel_forward(
+        out, labels = method.kernel_forward(
             q, k, v, frames, tokens_per_frame, torch.Generator(device=DEVICE).manual_seed(seed))
+        got_density = method.band_density_value
         expected, expected_labels, expected_density = reference.svg_attention(
             q, k, v, frames, tokens_per_frame, density, block_q=32, block_k=32, profile_rows=16,
             generator=torch.Generator(device=DEVICE).manual_seed(seed))

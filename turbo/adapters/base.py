@@ -8,6 +8,7 @@ import functools
 from dataclasses import dataclass
 
 import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
 from torch import nn
 
 from ..errors import TurboError
@@ -51,22 +52,29 @@ class ModelAdapter:
     def make_processor(self, site: SelfAttentionSite, runtime: TurboRuntime, original):
         raise NotImplementedError
 
+    def repeated_blocks(self, model: nn.Module) -> list[nn.Module]:
+        """The blocks regional compilation compiles (the classes named by the model's `_repeated_blocks`)."""
+        names = set(getattr(model, "_repeated_blocks", None) or ())
+        return [m for m in model.modules() if type(m).__name__ in names]
+
 
 class TurboProcessorMixin:
     """Shared core of turbo's attention processors: route one self-attention call to dense warm-up or the method
     installed under the attention module. Keeps `_attention_backend` / `_parallel_config` from the processor it
-    replaces, so `set_attention_backend` keeps working for the dense path."""
+    replaces, so `set_attention_backend` keeps working for the dense path.
+
+    Runs inside the (possibly compiled) blocks: it reads the runtime's frozen `ForwardPlan` and this layer's fixed
+    `dense_layer` flag, mutates no Python state, and reads no per-step value (step, branch, layer number)."""
 
     def _init_turbo(self, runtime: TurboRuntime, layer_index: int, original) -> None:
         self.runtime = runtime
         self.layer_index = layer_index
+        self.dense_layer = layer_index < runtime.dense_layers
         self.original = original
         self._attention_backend = getattr(original, "_attention_backend", None)
         self._parallel_config = getattr(original, "_parallel_config", None)
 
     def _dense(self, q, k, v, *, attn_mask=None):
-        from diffusers.models.attention_dispatch import dispatch_attention_fn
-
         return dispatch_attention_fn(
             q, k, v, attn_mask=attn_mask, dropout_p=0.0, is_causal=False, backend=self._attention_backend,
             parallel_config=self._parallel_config,
@@ -74,35 +82,23 @@ class TurboProcessorMixin:
 
     def _self_attention(self, attn: nn.Module, q, k, v, attention_mask=None, num_video: int | None = None):
         """q, k, v: [B, S, H, D] (video tokens first, then text). Returns [B, S, H, D]."""
-        runtime = self.runtime
-        dense = functools.partial(self._dense, attn_mask=attention_mask)
-        if runtime.capture is not None:
-            runtime.capture.record(self.layer_index, runtime.step_index, runtime.branch, q, k, v,
-                                   q.shape[1] if num_video is None else num_video, attention_mask, runtime.geometry)
-        if runtime.use_dense(self.layer_index):
-            runtime.stats.calls["dense warm-up"] += 1
-            return dense(q, k, v)
-        if runtime.geometry is None:
+        plan = self.runtime.plan
+        if plan is None or plan.geometry is None:
             raise TurboError(
                 "turbo attention ran outside a transformer forward (no token geometry); call the whole transformer."
             )
         num_video = q.shape[1] if num_video is None else num_video
+        if plan.capture:
+            self.runtime.record_capture(self.layer_index, q, k, v, num_video, attention_mask)
+        dense = functools.partial(self._dense, attn_mask=attention_mask)
+        if plan.dense or self.dense_layer:
+            return dense(q, k, v)
         text_mask = None
         if attention_mask is not None and num_video < q.shape[1]:
             text_mask = attention_mask.reshape(attention_mask.shape[0], -1)[:, num_video:].bool()
-        call = AttentionCall(
-            geometry=runtime.geometry, num_video=num_video, step_index=runtime.step_index,
-            layer_index=self.layer_index, branch=runtime.branch, dense=dense, attn_mask=attention_mask,
-            text_mask=text_mask,
-        )
-        method = getattr(attn, METHOD_ATTR)
-        out = method(q, k, v, call)
-        runtime.stats.calls[method.name] += 1
-        density = getattr(method, "last_density", None)
-        if density is not None:
-            runtime.stats.record_density(density)
-            method.last_density = None
-        return out
+        call = AttentionCall(geometry=plan.geometry, num_video=num_video, dense=dense, attn_mask=attention_mask,
+                             text_mask=text_mask)
+        return getattr(attn, METHOD_ATTR)(q, k, v, call)
 
 
 def find_module_list(model: nn.Module, name: str) -> nn.ModuleList:

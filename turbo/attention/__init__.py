@@ -1,4 +1,5 @@
-"""Self-attention methods: dense | sla | sla2 | lowbit | svg | svg2.
+"""Self-attention methods, each registered with `turbo.registry.register_method`: dense | sla | sla2 | lowbit | svg |
+svg2 (+ any method a user registers).
 
 `build_method(config, heads, head_dim)` returns the `AttentionMethod` module for one attention layer. The pure
 PyTorch math lives in `reference.py` (the spec, the CPU path and the kernels' test oracle)."""
@@ -6,7 +7,9 @@ PyTorch math lives in `reference.py` (the spec, the CPU path and the kernels' te
 from __future__ import annotations
 
 from ..config import AttentionConfig
+from ..registry import method_spec, register_feature
 from .base import AttentionMethod, DenseAttention
+from .feature import AttentionFeature
 from .lowbit import LowBitAttention
 from .sla import SLAAttention
 from .sla2 import SLA2Attention
@@ -24,19 +27,9 @@ __all__ = [
     "build_method",
 ]
 
+register_feature(AttentionFeature())
+
 
 def build_method(config: AttentionConfig, heads: int, head_dim: int) -> AttentionMethod:
     """One method module for a self-attention layer with `heads` heads of size `head_dim`."""
-    if config.method == "dense":
-        return DenseAttention()
-    if config.method == "sla":
-        return SLAAttention(head_dim, config)
-    if config.method == "sla2":
-        return SLA2Attention(head_dim, heads, config)
-    if config.method == "lowbit":
-        return LowBitAttention(config)
-    if config.method == "svg":
-        return SVGAttention(config)
-    if config.method == "svg2":
-        return SVG2Attention(config)
-    raise ValueError(f"no attention method '{config.method}'")
+    return method_spec(config.method).factory(config, heads, head_dim)

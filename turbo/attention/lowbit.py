@@ -5,22 +5,22 @@ from __future__ import annotations
 import torch
 
 from ..config import AttentionConfig
+from ..registry import register_method
 from ..runtime import AttentionCall
 from . import reference
-from .base import AttentionMethod
+from .base import AttentionMethod, BlockOptions
 
 
+@register_method("lowbit", options=BlockOptions, kernel=(8, 9),
+                 summary="dense attention with INT8 Q·Kᵀ and FP8 P·V numerics")
 class LowBitAttention(AttentionMethod):
     """Dense attention with INT8 QK and FP8 PV numerics; text tokens (HunyuanVideo) take part like any other
     token, with the stock key-padding mask."""
 
-    name = "lowbit"
-
-    def __init__(self, config: AttentionConfig):
-        super().__init__()
+    def __init__(self, config: AttentionConfig, heads: int, head_dim: int):
+        super().__init__(config, heads, head_dim)
         self.block_q = config.block_q
         self.block_k = config.block_k
-        self.backend = config.backend
 
     def use_kernel(self, q) -> bool:
         """The Triton kernel on CUDA (forward only; with gradients the reference runs)."""

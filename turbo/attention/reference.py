@@ -665,6 +665,12 @@ def _band_attention_output(
     return out
 
 
+def profile_sample(length: int, rows: int, generator: torch.Generator | None = None) -> Tensor:
+    """SVG's profiling rows: the first `rows` of a random permutation of `length` tokens (long, generator's device)."""
+    device = generator.device if generator is not None else torch.device("cpu")
+    return torch.randperm(length, generator=generator, device=device)[:rows]
+
+
 def svg_profile_heads(
     q: Tensor,
     k: Tensor,
@@ -679,20 +685,22 @@ def svg_profile_heads(
     tail_k: Tensor | None = None,
     tail_v: Tensor | None = None,
     tail_mask: Tensor | None = None,
+    sample: Tensor | None = None,
 ) -> Tensor:
     """SVG head classification: long [B, H], 0 = spatial, 1 = temporal (ties go to spatial).
 
-    q, k, v [B, T*P, H, D] frame-major video tokens. Samples `rows` query tokens uniformly (torch.randperm with the
-    generator) and compares their exact attention output (all video keys + tail keys) with their output under the
-    spatial mask (|i - j| <= width frame-major, or key j < sink_tokens) and the temporal mask (the same rule on
-    token-major indices p*T + f); MSE per (b, h) over rows and D, label = argmin."""
+    q, k, v [B, T*P, H, D] frame-major video tokens. Samples `rows` query tokens uniformly (`profile_sample`: the
+    first rows of torch.randperm with the generator; or the given `sample` long [rows]) and compares their exact
+    attention output (all video keys + tail keys) with their output under the spatial mask (|i - j| <= width
+    frame-major, or key j < sink_tokens) and the temporal mask (the same rule on token-major indices p*T + f); MSE
+    per (b, h) over rows and D, label = argmin."""
     batch, length, _, head_dim = q.shape
     if length != frames * tokens_per_frame:
         raise ValueError(f"expected {frames}×{tokens_per_frame} = {frames * tokens_per_frame} tokens, got {length}")
     dtype = _compute_dtype(q.dtype)
     device = q.device
-    sampler_device = generator.device if generator is not None else torch.device("cpu")
-    sample = torch.randperm(length, generator=generator, device=sampler_device)[:rows].to(device)
+    if sample is None:
+        sample = profile_sample(length, rows, generator).to(device)
 
     qh = _heads_first(q[:, sample], dtype)
     keys, values, tail_valid = _with_tail(_heads_first(k, dtype), _heads_first(v, dtype), tail_k, tail_v, tail_mask)
@@ -731,6 +739,7 @@ def svg_attention(
     tail_k: Tensor | None = None,
     tail_v: Tensor | None = None,
     tail_mask: Tensor | None = None,
+    sample: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, float]:
     """Sparse VideoGen attention. q, k, v [B, T*P, H, D] frame-major video tokens.
 
@@ -739,16 +748,31 @@ def svg_attention(
     svg_band_width(density, S), sink_tokens) plus the tail keys, and temporal heads are permuted back. sink_tokens
     defaults to tokens_per_frame (for temporal heads it is counted in token-major order, like the profiling rule).
     Returns (out [B, S, H, D] q.dtype, labels long [B, H], density: the kept fraction of the S×S video map after
-    block rounding, i.e. blocks weighted by their real sizes)."""
+    block rounding, i.e. blocks weighted by their real sizes). `sample` fixes the profiling rows (see
+    svg_profile_heads)."""
+    length = q.shape[1]
+    sink_tokens = tokens_per_frame if sink_tokens is None else sink_tokens
+    width = svg_band_width(density, length)
+    band = svg_band_block_mask(length, block_q, block_k, width, sink_tokens, q.device)
+    out, labels = svg_band_attention(q, k, v, frames, tokens_per_frame, band, width, sink_tokens, block_q, block_k,
+                                     labels, profile_rows, generator, scale, tail_k, tail_v, tail_mask, sample)
+    return out, labels, band_density(band, length, block_q, block_k)
+
+
+def svg_band_attention(
+    q: Tensor, k: Tensor, v: Tensor, frames: int, tokens_per_frame: int, band: Tensor, width: int, sink_tokens: int,
+    block_q: int, block_k: int, labels: Tensor | None = None, profile_rows: int = 64,
+    generator: torch.Generator | None = None, scale: float | None = None, tail_k: Tensor | None = None,
+    tail_v: Tensor | None = None, tail_mask: Tensor | None = None, sample: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """`svg_attention` with its band block mask (bool [nq, nk]) and half-width given. Returns (out, labels)."""
     batch, length, heads, head_dim = q.shape
     if length != frames * tokens_per_frame:
         raise ValueError(f"expected {frames}×{tokens_per_frame} = {frames * tokens_per_frame} tokens, got {length}")
-    sink_tokens = tokens_per_frame if sink_tokens is None else sink_tokens
-    width = svg_band_width(density, length)
     if labels is None:
         labels = svg_profile_heads(
             q, k, v, frames, tokens_per_frame, width, sink_tokens, profile_rows, generator, scale, tail_k, tail_v,
-            tail_mask,
+            tail_mask, sample,
         )
     labels = labels.to(q.device).expand(batch, heads)
 
@@ -759,7 +783,6 @@ def svg_attention(
     def head_layout(x: Tensor) -> Tensor:
         return torch.where(temporal, x[:, to_token_major], x)
 
-    band = svg_band_block_mask(length, block_q, block_k, width, sink_tokens, q.device)
     dtype = _compute_dtype(q.dtype)
     out, _ = _block_sparse(
         _heads_first(head_layout(q), dtype), _heads_first(head_layout(k), dtype), _heads_first(head_layout(v), dtype),
@@ -767,7 +790,7 @@ def svg_attention(
     )
     out = _tokens_first(out, q.dtype)
     out = torch.where(temporal, out[:, to_frame_major], out)
-    return out, labels, band_density(band, length, block_q, block_k)
+    return out, labels
 
 
 def band_density(band: Tensor, length: int, block_q: int, block_k: int) -> float:

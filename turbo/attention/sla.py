@@ -2,28 +2,45 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from ..config import AttentionConfig
+from ..config import AttentionConfig, option
+from ..errors import TurboConfigError
+from ..registry import register_method
 from ..runtime import AttentionCall
 from . import reference
-from .base import AttentionMethod
+from .base import AttentionMethod, BlockOptions
 
 
+@dataclass(frozen=True)
+class SLAOptions(BlockOptions):
+    keep: float = option(0.1, "fraction of key blocks computed exactly", range=(0.0, 1.0), open_low=True)
+    negligible: float = option(0.0, "fraction of lowest-scored key blocks dropped from the linear branch",
+                               range=(0.0, 1.0))
+
+    def validate(self) -> None:
+        super().validate()
+        if self.keep + self.negligible > 1.0:
+            raise TurboConfigError(
+                f"attention.negligible={self.negligible} must be in [0, 1 - keep) so that keep + negligible <= 1."
+            )
+
+
+@register_method("sla", options=SLAOptions, kernel=(8, 0), needs_finetuned=True,
+                 summary="SLA: block-sparse softmax on the top-keep key blocks + linear attention over the rest")
 class SLAAttention(AttentionMethod):
     """SLA per ALGORITHMS.md §1. `proj` (d×d, fp32 master weights) is zero-initialised, so an untrained SLA is pure
     block-sparse attention; fine-tuning teaches it to map the linear branch onto the missing attention mass."""
 
-    name = "sla"
-
-    def __init__(self, head_dim: int, config: AttentionConfig):
-        super().__init__()
+    def __init__(self, config: AttentionConfig, heads: int, head_dim: int):
+        super().__init__(config, heads, head_dim)
         self.keep = config.keep
         self.block_q = config.block_q
         self.block_k = config.block_k
         self.negligible = config.negligible
-        self.backend = config.backend
         self.proj = nn.Linear(head_dim, head_dim, dtype=torch.float32)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)

@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..config import AttentionConfig
+from ..config import AttentionConfig, option
+from ..registry import register_method
 from ..runtime import AttentionCall
 from . import reference
-from .base import AttentionMethod
+from .base import AttentionMethod, BlockOptions
 
 
+@dataclass(frozen=True)
+class SLA2Options(BlockOptions):
+    keep: float = option(0.1, "fraction of key blocks computed exactly", range=(0.0, 1.0), open_low=True)
+    alpha_init: float = option(0.9, "initial sparse/linear mix alpha (1.0 = pure sparse branch)", range=(0.0, 1.0),
+                               open_low=True)
+    alpha_bins: int = option(256, "alpha values per head; query blocks map onto them by relative position",
+                             range=(1, 65536))
+    soft_topk: bool = option(False, "SoftTop-k routing (SLA2 stage-1 router training)")
+    tau: float = option(0.1, "SoftTop-k temperature", range=(0.0, 10.0))
+    quantized: bool = option(False, "low-bit (INT8 QK, FP8 PV) sparse branch with QAT")
+
+
+@register_method("sla2", options=SLA2Options, kernel=(8, 0), needs_finetuned=True,
+                 summary="SLA2: learnable router and alpha-mix of sparse and linear attention")
 class SLA2Attention(AttentionMethod):
     """SLA2 per ALGORITHMS.md §2: out = α·O^s + (1−α)·O^l_c.
 
@@ -21,17 +37,14 @@ class SLA2Attention(AttentionMethod):
     resolutions reuse it by relative position. `alpha_init=1.0` gives α = 1 exactly (pure sparse branch).
     proj_q / proj_k are identity-initialised (= SLA's heuristic router)."""
 
-    name = "sla2"
-
-    def __init__(self, head_dim: int, heads: int, config: AttentionConfig):
-        super().__init__()
+    def __init__(self, config: AttentionConfig, heads: int, head_dim: int):
+        super().__init__(config, heads, head_dim)
         self.keep = config.keep
         self.block_q = config.block_q
         self.block_k = config.block_k
         self.soft = config.soft_topk
         self.tau = config.tau
         self.quantized = config.quantized
-        self.backend = config.backend
         self.proj_q = nn.Linear(head_dim, head_dim, bias=False, dtype=torch.float32)
         self.proj_k = nn.Linear(head_dim, head_dim, bias=False, dtype=torch.float32)
         nn.init.eye_(self.proj_q.weight)

@@ -4,33 +4,71 @@ heads, one band block mask for all heads."""
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 
 import torch
 
-from ..config import AttentionConfig
+from ..config import AttentionConfig, option
 from ..errors import GeometryError
-from ..runtime import AttentionCall
+from ..registry import register_method
+from ..runtime import AttentionCall, StepInfo
 from . import reference
-from .base import AttentionMethod
+from .base import AttentionMethod, BlockOptions
 
 
+@dataclass(frozen=True)
+class SVGOptions(BlockOptions):
+    density: float = option(0.25, "fraction of the attention map computed", range=(0.0, 1.0), open_low=True)
+    profile_rows: int = option(64, "query rows sampled to classify heads", range=(1, 100000))
+
+
+@register_method("svg", options=SVGOptions, kernel=(8, 0),
+                 summary="Sparse VideoGen: spatial/temporal heads, temporal heads permuted token-major, band mask")
 class SVGAttention(AttentionMethod):
     """SVG per ALGORITHMS.md §4. The first frame's worth of tokens (in each head's own order) is a sink every query
-    sees; text keys (HunyuanVideo) are always attended. Profiling rows are drawn with a generator seeded by
-    (layer, step, branch), so a run is reproducible. The measured block density is recorded for the report."""
+    sees; text keys (HunyuanVideo) are always attended.
 
-    name = "svg"
+    `prepare` (outside compilation, once per forward) builds the band block mask and its kernel table for the token
+    grid, and draws this call's profiling rows with a generator seeded by (layer, step, branch), so a run is
+    reproducible; it writes them into buffers (in place, so CUDA graphs see fixed addresses) and returns the band's
+    block density for the report. `forward` only reads them."""
 
-    def __init__(self, config: AttentionConfig):
-        super().__init__()
+    def __init__(self, config: AttentionConfig, heads: int = 1, head_dim: int = 128):
+        super().__init__(config, heads, head_dim)
         self.density = config.density
         self.block_q = config.block_q
         self.block_k = config.block_k
         self.profile_rows = config.profile_rows
-        self.backend = config.backend
-        self._band_cache: dict = {}
-        self.last_labels: torch.Tensor | None = None
-        self.last_density: float | None = None
+        self._grid: tuple | None = None  # (length, sink, device) the band buffers were built for
+        self.band_width = 0
+        self.band_density_value = 0.0
+        for name in ("band", "band_lut", "band_count", "profile_sample"):
+            self.register_buffer(name, None, persistent=False)
+
+    def prepare(self, step: StepInfo) -> float:
+        super().prepare(step)
+        self._build_band(step.geometry.num_tokens, step.geometry.tokens_per_frame, step.device)
+        seed = zlib.crc32(f"{step.layer_index}:{step.step_index}:{step.branch}".encode())
+        sample = reference.profile_sample(step.geometry.num_tokens, self.profile_rows,
+                                          torch.Generator(device=step.device).manual_seed(seed)).to(step.device)
+        if self.profile_sample is not None and self.profile_sample.shape == sample.shape:
+            self.profile_sample.copy_(sample)
+        else:
+            self.profile_sample = sample
+        return self.band_density_value
+
+    def _build_band(self, length: int, sink: int, device) -> None:
+        if self._grid == (length, sink, device):
+            return
+        from .kernels.router import mask_to_lut
+
+        width = reference.svg_band_width(self.density, length)
+        band = reference.svg_band_block_mask(length, self.block_q, self.block_k, width, sink, device)
+        self.band = band
+        self.band_lut, self.band_count = mask_to_lut(band[None, None])
+        self.band_width = width
+        self.band_density_value = reference.band_density(band, length, self.block_q, self.block_k)
+        self._grid = (length, sink, device)
 
     def video_attention(self, q, k, v, call: AttentionCall, tail_k=None, tail_v=None, tail_mask=None):
         geometry = call.geometry
@@ -39,54 +77,43 @@ class SVGAttention(AttentionMethod):
                 f"SVG expected {geometry} video tokens but the attention call has {q.shape[1]}; "
                 "the token layout of this model is not the (frame, row, column) grid SVG needs."
             )
-        seed = zlib.crc32(f"{call.layer_index}:{call.step_index}:{call.branch}".encode())
-        generator = torch.Generator(device=q.device).manual_seed(seed)
+        if self._grid != (q.shape[1], geometry.tokens_per_frame, q.device) or self.profile_sample is None:
+            # a direct call without the hook (eager use): prepare as layer 0, step 0
+            self.prepare(StepInfo(0, "default", 0, geometry, q.device))
         if self.use_kernel(q, tail_k):
-            out, labels, density = self.kernel_forward(q, k, v, geometry.frames, geometry.tokens_per_frame, generator,
-                                                       tail_k, tail_v, tail_mask)
-        else:
-            out, labels, density = reference.svg_attention(
-                q, k, v, geometry.frames, geometry.tokens_per_frame, self.density, block_q=self.block_q,
-                block_k=self.block_k, profile_rows=self.profile_rows, generator=generator,
-                tail_k=tail_k, tail_v=tail_v, tail_mask=tail_mask,
-            )
-        self.last_labels = labels
-        self.last_density = density
+            out, _ = self.kernel_forward(q, k, v, geometry.frames, geometry.tokens_per_frame, None, tail_k, tail_v,
+                                         tail_mask, sample=self.profile_sample)
+            return out
+        out, _ = reference.svg_band_attention(
+            q, k, v, geometry.frames, geometry.tokens_per_frame, self.band, self.band_width,
+            geometry.tokens_per_frame, self.block_q, self.block_k, profile_rows=self.profile_rows,
+            tail_k=tail_k, tail_v=tail_v, tail_mask=tail_mask, sample=self.profile_sample,
+        )
         return out
 
     def use_kernel(self, q, tail_k) -> bool:
         """The Triton block-sparse forward on CUDA for inference (gradients use the reference)."""
         return self.kernel_ready(q) and not torch.is_grad_enabled()
 
-    def _band_lut(self, length: int, width: int, sink: int, device):
-        key = (length, width, sink, self.block_q, self.block_k, str(device))
-        if key not in self._band_cache:
-            from .kernels.router import mask_to_lut
-
-            band = reference.svg_band_block_mask(length, self.block_q, self.block_k, width, sink, device)
-            lut, count = mask_to_lut(band[None, None])
-            density = reference.band_density(band, length, self.block_q, self.block_k)
-            self._band_cache[key] = (lut, count, density)
-        return self._band_cache[key]
-
     def kernel_forward(self, q, k, v, frames: int, tokens_per_frame: int, generator, tail_k=None, tail_v=None,
-                       tail_mask=None):
-        """Same computation as `reference.svg_attention` (labels from the same profiling rows) with the band
-        attention on the Triton block-sparse kernel. Returns (out, labels [B, H], density)."""
+                       tail_mask=None, sample=None):
+        """Same computation as `reference.svg_attention` (labels from the same profiling rows: `sample`, or drawn
+        with `generator`) with the band attention on the Triton block-sparse kernel. Returns (out, labels [B, H])."""
         from .kernels.sla_forward import sla_forward
 
         batch, length, heads, _ = q.shape
-        width = reference.svg_band_width(self.density, length)
-        labels = profile_heads(q, k, v, frames, tokens_per_frame, width, tokens_per_frame, self.profile_rows,
-                               generator, tail_k, tail_v, tail_mask)
+        self._build_band(length, tokens_per_frame, q.device)
+        if sample is None:
+            sample = reference.profile_sample(length, self.profile_rows, generator).to(q.device)
+        labels = profile_heads(q, k, v, frames, tokens_per_frame, self.band_width, tokens_per_frame,
+                               self.profile_rows, None, tail_k, tail_v, tail_mask, sample=sample)
         to_token_major = reference.frame_to_token_major(frames, tokens_per_frame, q.device)
         order = per_head_order(labels, to_token_major)
-        lut, count, density = self._band_lut(length, width, tokens_per_frame, q.device)
-        lut = lut.expand(batch, heads, -1, -1).contiguous()
-        count = count.expand(batch, heads, -1).contiguous()
+        lut = self.band_lut.expand(batch, heads, -1, -1).contiguous()
+        count = self.band_count.expand(batch, heads, -1).contiguous()
         out, _ = sla_forward(gather_tokens(q, order), gather_tokens(k, order), gather_tokens(v, order), lut, count,
                              self.block_q, self.block_k, tail_k=tail_k, tail_v=tail_v, tail_mask=tail_mask)
-        return gather_tokens(out, per_head_order(labels, torch.argsort(to_token_major))), labels, density
+        return gather_tokens(out, per_head_order(labels, torch.argsort(to_token_major))), labels
 
     def extra_repr(self) -> str:
         return f"density={self.density}, profile_rows={self.profile_rows}"
@@ -106,13 +133,14 @@ def gather_tokens(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
 
 
 def profile_heads(q, k, v, frames: int, tokens_per_frame: int, width: int, sink_tokens: int, rows: int,
-                  generator, tail_k=None, tail_v=None, tail_mask=None) -> torch.Tensor:
+                  generator, tail_k=None, tail_v=None, tail_mask=None, sample=None) -> torch.Tensor:
     """`reference.svg_profile_heads` (same rows, masks and rule) computed for speed: one score matrix of the
     sampled rows on the tensor cores in the input dtype, reused for the exact, spatial and temporal outputs.
     Returns long [B, H]: 0 spatial, 1 temporal."""
     batch, length, heads, dim = q.shape
     device = q.device
-    sample = torch.randperm(length, generator=generator, device=generator.device)[:rows].to(device)
+    if sample is None:
+        sample = reference.profile_sample(length, rows, generator).to(device)
     keys, values = k, v
     if tail_k is not None:
         keys, values = torch.cat([k, tail_k], 1), torch.cat([v, tail_v], 1)

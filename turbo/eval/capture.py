@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ..attention import build_method
 from ..config import AttentionConfig, TurboConfig
 from ..geometry import TokenGeometry
-from ..runtime import AttentionCall
+from ..runtime import AttentionCall, StepInfo
 
 
 @dataclass
@@ -116,8 +116,8 @@ def attention_fidelity(captured, config: AttentionConfig, device=None) -> list[d
         text_mask = None
         if mask is not None and item.num_video < q.shape[1]:
             text_mask = mask.reshape(mask.shape[0], -1)[:, item.num_video:].bool()
-        call = AttentionCall(item.geometry, item.num_video, item.step, item.layer, item.branch, _sdpa(mask),
-                             attn_mask=mask, text_mask=text_mask)
+        call = AttentionCall(item.geometry, item.num_video, _sdpa(mask), attn_mask=mask, text_mask=text_mask)
+        method.prepare(StepInfo(item.step, item.branch, item.layer, item.geometry, q.device))
         with torch.no_grad():
             exact = _sdpa(mask)(q, k, v).float()
             out = method(q, k, v, call).float()

@@ -81,9 +81,10 @@ def first_frame(prompt: str, seed: int, height: int, width: int, frames: int):
 
 def _as_config(config):
     """A plain attention method name becomes ``{"attention": {"method": name}}``; anything else passes through."""
-    from turbo.config import ATTENTION_METHODS, PRESETS
+    from turbo.config import PRESETS
+    from turbo.registry import attention_methods
 
-    if isinstance(config, str) and config not in PRESETS and config in ATTENTION_METHODS:
+    if isinstance(config, str) and config not in PRESETS and config in attention_methods():
         return {"attention": {"method": config}}
     return config
 
@@ -94,22 +95,23 @@ def describe_config(config) -> str:
     from dataclasses import fields
 
     from turbo import default_config
-    from turbo.config import SECTIONS, AttentionConfig, resolve_config
+    from turbo.config import resolve_config
+    from turbo.registry import features
 
     resolved, preset = resolve_config(_as_config(config), default_config())
     attention = resolved.attention
-    defaults = AttentionConfig()
+    defaults = type(attention.options)()
     parts = [attention.method]
-    for f in fields(AttentionConfig):
-        if f.name == "method":
-            continue
-        value = getattr(attention, f.name)
-        relevant = not f.metadata["methods"] or attention.method in f.metadata["methods"]
-        if relevant and (value != getattr(defaults, f.name) or f.name in ("keep", "density")):
+    for name in ("dense_steps", "dense_layers"):
+        if getattr(attention, name):
+            parts.append(f"{name}={getattr(attention, name)}")
+    for f in fields(attention.options):
+        value = getattr(attention.options, f.name)
+        if value != getattr(defaults, f.name) or f.name in ("keep", "density"):
             parts.append(f"{f.name}={value:g}" if isinstance(value, float) else f"{f.name}={value}")
-    for section, cls in SECTIONS.items():
-        if section != "attention" and getattr(resolved, section) != cls():
-            parts.append(f"{section}={getattr(resolved, section).mode}")
+    for section, feature in features().items():
+        if section != "attention" and feature.active(resolved.sections[section]):
+            parts.append(f"{section}={resolved.sections[section].mode}")
     label = " ".join(parts)
     return f"{preset}: {label}" if preset else label
 
@@ -266,7 +268,7 @@ def _generate(pipe, config, kwargs: dict, seed: int, quiet: bool = False) -> tup
     if quiet:
         turbo_logger.setLevel(logging.ERROR)
     try:
-        turbo.accelerate(pipe, config)
+        turbo.accelerate(pipe, config, allow_untuned=True)  # evaluation measures untuned methods on purpose
     finally:
         turbo_logger.setLevel(level)
     try:
@@ -416,7 +418,7 @@ def judge_prompts(pipe, prompts, call_kwargs: dict | None = None, config="dense"
     flicker: list[float] = []
     saved_bar = dict(getattr(pipe, "_progress_bar_config", {}) or {})
     pipe.set_progress_bar_config(**{**saved_bar, "disable": True})
-    turbo.accelerate(pipe, config)
+    turbo.accelerate(pipe, config, allow_untuned=True)  # evaluation measures untuned methods on purpose
     elapsed = 0.0
     try:
         for start in tqdm(range(0, len(prompts), step), desc="judge", unit="batch", disable=not progress):
