@@ -1,0 +1,321 @@
+"""Model presets shared by the `turbo` CLI and the Gradio app: which pipelines turbo knows, whether they are on this
+machine (offline check, never a download), how to load them and their native call settings.
+
+    from pipelines import registry
+    preset = registry.get_model("toyworld-wan-t2v")        # or registry.resolve_model("path/to/pipeline_dir")
+    pipe = registry.load_pipeline(preset, "cpu", torch.float32)
+    kwargs = registry.call_kwargs(preset, prompt="a red circle moving left on a gray background")
+
+`turbo` (the library) never imports this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "ModelPreset",
+    "RegistryError",
+    "call_defaults",
+    "call_kwargs",
+    "get_model",
+    "how_to_get",
+    "is_available",
+    "list_models",
+    "load_pipeline",
+    "model_kind_of_dir",
+    "resolve_model",
+]
+
+DEFAULT_MODEL = "toyworld-wan-t2v"
+_ALIASES = {"default": DEFAULT_MODEL}
+TOYWORLD_DIR = Path(__file__).resolve().parent.parent / "models" / "toyworld"
+
+
+class RegistryError(ValueError):
+    """An unknown model name, or a path that is not a diffusers pipeline directory (one-sentence message)."""
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """One model turbo knows: where it comes from and how it is called natively.
+
+    ``kind`` is "t2v" or "i2v"; ``family`` "wan", "wan22" or "hunyuanvideo" (None for an unrecognised directory);
+    ``source`` a local directory or a Hugging Face hub id; ``guidance`` None leaves the pipeline's own default;
+    ``recommended`` the turbo preset that suits the weights (None = turbo's default config); ``needs`` one line on GPU
+    memory and fine-tuned parts; ``toyworld`` marks the project's own ToyWorld pipelines (checksums, judge-readable).
+    """
+
+    name: str
+    title: str
+    kind: str
+    family: str | None
+    source: str
+    height: int
+    width: int
+    frames: int
+    steps: int
+    guidance: float | None
+    recommended: str | None
+    needs: str
+    toyworld: bool = False
+
+    @property
+    def is_local(self) -> bool:
+        """True when `source` is a directory path rather than a hub id."""
+        return os.path.isabs(self.source) or os.path.exists(self.source)
+
+
+# ---------------------------------------------------------------------------------------------------------- presets
+
+_TOYWORLD = (
+    # name, directory, title, kind, family
+    ("toyworld-wan-t2v", "wan-t2v", "ToyWorld Wan T2V (embedded default, trained, 3.95 M params)", "t2v", "wan"),
+    ("toyworld-wan-i2v", "wan-i2v", "ToyWorld Wan I2V (trained)", "i2v", "wan"),
+    ("toyworld-hunyuan-t2v", "hunyuan-t2v", "ToyWorld HunyuanVideo T2V (trained)", "t2v", "hunyuanvideo"),
+)
+_TOYWORLD_NEEDS = "runs on a CPU (12-14 MB, ships in the repository under models/toyworld/); no turbo fine-tuned parts"
+# The ToyWorld demo setting: training-free and judge-readable (see README, "Run the demo").
+_TOYWORLD_RECOMMENDED = None
+
+_WAN_NEEDS_STOCK = "stock weights: training-free presets only (fast/max need turbo fine-tuned parts)"
+_HUB = (
+    ModelPreset("wan2.1-t2v-1.3b", "Wan2.1 T2V 1.3B (480p)", "t2v", "wan", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+                480, 832, 81, 50, 5.0, "balanced",
+                f"GPU with about 24 GB in bf16 (UMT5-XXL encoder 11 GB + transformer 3 GB); {_WAN_NEEDS_STOCK}"),
+    ModelPreset("wan2.1-t2v-14b", "Wan2.1 T2V 14B (720p)", "t2v", "wan", "Wan-AI/Wan2.1-T2V-14B-Diffusers",
+                720, 1280, 81, 50, 5.0, "balanced",
+                f"GPU with about 80 GB in bf16 (transformer 28 GB + encoder 11 GB + activations); {_WAN_NEEDS_STOCK}"),
+    ModelPreset("wan2.1-i2v-14b-480p", "Wan2.1 I2V 14B 480p", "i2v", "wan", "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
+                480, 832, 81, 50, 5.0, "balanced",
+                f"GPU with about 48 GB in bf16 (transformer 33 GB + encoders 12 GB); {_WAN_NEEDS_STOCK}"),
+    ModelPreset("wan2.1-i2v-14b-720p", "Wan2.1 I2V 14B 720p", "i2v", "wan", "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers",
+                720, 1280, 81, 50, 5.0, "balanced",
+                f"GPU with about 80 GB in bf16 (transformer 33 GB + encoders 12 GB + activations); {_WAN_NEEDS_STOCK}"),
+    ModelPreset("wan2.2-t2v-a14b", "Wan2.2 T2V A14B (two experts, 720p)", "t2v", "wan22",
+                "Wan-AI/Wan2.2-T2V-A14B-Diffusers", 720, 1280, 81, 50, 5.0, "balanced",
+                f"GPU with about 80 GB in bf16 plus CPU offload (two 14B experts, 56 GB); {_WAN_NEEDS_STOCK}"),
+    ModelPreset("wan2.2-i2v-a14b", "Wan2.2 I2V A14B (two experts, 720p)", "i2v", "wan22",
+                "Wan-AI/Wan2.2-I2V-A14B-Diffusers", 720, 1280, 81, 50, 5.0, "balanced",
+                f"GPU with about 80 GB in bf16 plus CPU offload (two 14B experts, 56 GB); {_WAN_NEEDS_STOCK}"),
+    ModelPreset("hunyuanvideo", "HunyuanVideo 13B (720p)", "t2v", "hunyuanvideo", "hunyuanvideo-community/HunyuanVideo",
+                720, 1280, 129, 50, 6.0, "balanced",
+                "GPU with about 80 GB in bf16 (transformer 26 GB + Llama encoder 16 GB + activations; VAE tiling "
+                f"advised); {_WAN_NEEDS_STOCK}"),
+)
+
+
+def _recipe_sizes(directory: Path) -> dict:
+    recipe = directory / "toyworld_recipe.json"
+    if not recipe.is_file():
+        return {}
+    return json.loads(recipe.read_text(encoding="utf-8")).get("sizes", {})
+
+
+def _toyworld_preset(name: str, directory: Path, title: str, kind: str, family: str | None) -> ModelPreset:
+    """A ToyWorld pipeline directory: its demo size from the recipe, 50 steps, CFG 5 (the embedded default: the
+    CLI demo's 16 steps, `pipelines.tiny.DEFAULT_DEMO`)."""
+    sizes = _recipe_sizes(directory)
+    height = sizes.get("demo_height", 256)
+    width = sizes.get("demo_width", 256)
+    frames = sizes.get("demo_frames", 17)
+    steps, guidance = 50, 5.0
+    if name == DEFAULT_MODEL:
+        from pipelines.tiny import DEFAULT_DEMO
+
+        height, width, frames = DEFAULT_DEMO["height"], DEFAULT_DEMO["width"], DEFAULT_DEMO["num_frames"]
+        steps, guidance = DEFAULT_DEMO["num_inference_steps"], DEFAULT_DEMO["guidance_scale"]
+    return ModelPreset(name, title, kind, family, str(directory), height, width, frames, steps, guidance,
+                       _TOYWORLD_RECOMMENDED, _TOYWORLD_NEEDS, toyworld=True)
+
+
+def list_models() -> list[ModelPreset]:
+    """Every model preset: the shipped ToyWorld pipelines first (the embedded default first of all), then the real
+    checkpoints by hub id."""
+    toyworld = [_toyworld_preset(name, TOYWORLD_DIR / sub, title, kind, family)
+                for name, sub, title, kind, family in _TOYWORLD]
+    return toyworld + list(_HUB)
+
+
+def get_model(name: str) -> ModelPreset:
+    """The preset called `name` ("default" is the embedded ToyWorld Wan T2V); `RegistryError` for any other name."""
+    name = _ALIASES.get(name, name)
+    models = list_models()
+    for preset in models:
+        if preset.name == name:
+            return preset
+    raise RegistryError(f"unknown model {name!r}; the models are {', '.join(p.name for p in models)}, "
+                        "or give a diffusers pipeline directory.")
+
+
+# ------------------------------------------------------------------------------------------------------ directories
+
+
+def _model_index(path: str | os.PathLike) -> dict | None:
+    index = Path(path) / "model_index.json"
+    if not index.is_file():
+        return None
+    try:
+        return json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def model_kind_of_dir(path: str | os.PathLike) -> str | None:
+    """"i2v" or "t2v" from the pipeline class in `path`/model_index.json (no weights are read); None when `path` is
+    not a diffusers pipeline directory."""
+    index = _model_index(path)
+    if index is None or not isinstance(index.get("_class_name"), str):
+        return None
+    return "i2v" if "ImageToVideo" in index["_class_name"] else "t2v"
+
+
+def _family_of(class_name: str, index: dict) -> str | None:
+    if class_name.startswith("HunyuanVideo"):
+        return "hunyuanvideo"
+    if class_name.startswith("Wan"):
+        return "wan22" if index.get("transformer_2") and index["transformer_2"][0] is not None else "wan"
+    return None
+
+
+def resolve_model(model: str | os.PathLike | ModelPreset) -> ModelPreset:
+    """A preset from a registry name, a preset, or a diffusers pipeline directory (a directory of a registry preset
+    gives that preset; any other directory a preset with its native settings: ToyWorld directories, recognised by
+    their checksums.json, their recipe's demo size; others Wan 480p defaults). Reads no weights."""
+    if isinstance(model, ModelPreset):
+        return model
+    text = os.fspath(model)
+    if not os.path.isdir(text):
+        if os.sep in text or text.startswith("."):
+            raise RegistryError(f"--model {text!r} is neither a known model name nor a directory with a diffusers "
+                                "pipeline.")
+        return get_model(text)
+    resolved = Path(text).resolve()
+    for preset in list_models():
+        if preset.is_local and Path(preset.source).resolve() == resolved:
+            return preset
+    index = _model_index(text)
+    if index is None or not isinstance(index.get("_class_name"), str):
+        raise RegistryError(f"--model {text!r} is not a directory with a diffusers pipeline (no model_index.json).")
+    kind = model_kind_of_dir(text)
+    family = _family_of(index["_class_name"], index)
+    if (resolved / "checksums.json").is_file():
+        return _toyworld_preset(text, resolved, f"ToyWorld {index['_class_name']} ({text})", kind, family)
+    hunyuan = family == "hunyuanvideo"
+    return ModelPreset(text, f"{index['_class_name']} ({text})", kind, family, str(resolved),
+                       720 if hunyuan else 480, 1280 if hunyuan else 832, 129 if hunyuan else 81, 50, None, None,
+                       "a local diffusers pipeline directory")
+
+
+# ------------------------------------------------------------------------------------------------------- availability
+
+
+def _hub_snapshot(repo_id: str) -> Path | None:
+    """The local HF-cache snapshot of `repo_id` holding model_index.json, or None (offline lookup only)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "model_index.json")
+    except Exception:  # a malformed id or cache is "not available", never an error here
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def is_available(preset: ModelPreset) -> bool:
+    """Whether `preset` can load on this machine without a network: its directory holds a pipeline, or its hub id is
+    in the local Hugging Face cache with every component folder named by model_index.json."""
+    if preset.is_local:
+        return _model_index(preset.source) is not None
+    snapshot = _hub_snapshot(preset.source)
+    if snapshot is None:
+        return False
+    index = _model_index(snapshot) or {}
+    components = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is not None]
+    return all((snapshot / name).is_dir() for name in components)
+
+
+def how_to_get(preset: ModelPreset) -> str:
+    """One sentence telling how to get `preset` onto this machine."""
+    if preset.toyworld:
+        return (f"{preset.name} ships in the turbo repository under {preset.source}; use a full checkout of the "
+                "repository (the weights are plain files, no download).")
+    if preset.is_local:
+        return f"{preset.name} is a local directory; it must hold a diffusers pipeline (model_index.json)."
+    return (f"Download {preset.source} once on a machine with network access with `hf download {preset.source}` "
+            "(it lands in the Hugging Face cache, which turbo then reads offline).")
+
+
+# ------------------------------------------------------------------------------------------------------------ loading
+
+
+def load_pipeline(preset_or_dir: ModelPreset | str | os.PathLike, device: str = "cpu", dtype=None):
+    """Load a pipeline onto `device` in `dtype` (None: float32 on CPU, bfloat16 otherwise). ToyWorld directories are
+    checksum-verified first (`turbo.toyworld.train.load_toyworld`; a mismatch raises `ToyWorldWeightsError` naming
+    the file); the embedded default comes from `pipelines.tiny.build_default`; anything else goes through
+    `DiffusionPipeline.from_pretrained` (hub ids from the local cache only when HF_HUB_OFFLINE is set)."""
+    import torch
+
+    preset = resolve_model(preset_or_dir)
+    if dtype is None:
+        dtype = torch.float32 if str(device) == "cpu" else torch.bfloat16
+    if preset.name == DEFAULT_MODEL:
+        from pipelines.tiny import build_default
+
+        pipe = build_default()
+        return (pipe if dtype == torch.float32 else pipe.to(dtype)).to(device)
+    if preset.toyworld or (preset.is_local and (Path(preset.source) / "checksums.json").is_file()):
+        from turbo.toyworld.train import load_toyworld
+
+        return load_toyworld(preset.source, dtype=dtype).to(device)
+    from diffusers import DiffusionPipeline
+
+    return DiffusionPipeline.from_pretrained(preset.source, torch_dtype=dtype).to(device)
+
+
+# ------------------------------------------------------------------------------------------------------ call settings
+
+
+class _StandIn:  # sampling_kwargs only reads the pipeline's class name
+    pass
+
+
+def _guidance_kwargs(preset: ModelPreset, guidance: float | None) -> dict[str, Any]:
+    if guidance is None:
+        return {}
+    if preset.toyworld:  # CFG the way ToyWorld trained it (HunyuanVideo: true CFG, empty negative, plain template)
+        from turbo.toyworld.models import sampling_kwargs
+
+        pipe = type("HunyuanVideoPipeline" if preset.family == "hunyuanvideo" else "WanPipeline", (_StandIn,), {})()
+        return sampling_kwargs(pipe, guidance)
+    return {"guidance_scale": float(guidance)}
+
+
+def call_defaults(preset: ModelPreset) -> dict[str, Any]:
+    """The pipeline call keyword defaults of `preset`: height, width, num_frames, num_inference_steps and its
+    guidance keywords (`guidance_scale`; ToyWorld HunyuanVideo: `true_cfg_scale` + template)."""
+    return {"height": preset.height, "width": preset.width, "num_frames": preset.frames,
+            "num_inference_steps": preset.steps, **_guidance_kwargs(preset, preset.guidance)}
+
+
+def call_kwargs(preset: ModelPreset, *, prompt: str | None = None, negative_prompt: str | None = None, image=None,
+                height: int | None = None, width: int | None = None, frames: int | None = None,
+                steps: int | None = None, guidance: float | None = None, output_type: str = "np") -> dict[str, Any]:
+    """Pipeline call keywords: `call_defaults(preset)` with the given values in place of the defaults (None keeps the
+    default); `image` (a PIL image) is passed for image-to-video models only."""
+    kwargs = call_defaults(replace(preset, guidance=preset.guidance if guidance is None else guidance))
+    for key, value in (("height", height), ("width", width), ("num_frames", frames), ("num_inference_steps", steps)):
+        if value is not None:
+            kwargs[key] = value
+    if prompt is not None:
+        kwargs["prompt"] = prompt
+    if negative_prompt is not None:
+        kwargs["negative_prompt"] = negative_prompt
+    if image is not None and preset.kind == "i2v":
+        kwargs["image"] = image
+    kwargs["output_type"] = output_type
+    return kwargs
