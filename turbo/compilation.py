@@ -27,12 +27,14 @@ class CompileConfig:
                        choices=COMPILE_MODES)
     cudagraphs: bool = option(False, "CUDA graphs (torch mode 'reduce-overhead'): fixed shapes, few-step loops")
     fullgraph: bool = option(False, "fail on any graph break instead of falling back to eager between graphs")
+    backend: str = option("inductor", "torch.compile backend (inductor; aot_eager / eager for debugging)")
 
     def __post_init__(self):
         validate_options(self, "compile")
 
     def torch_kwargs(self) -> dict:
-        return {"mode": "reduce-overhead" if self.cudagraphs else None, "fullgraph": self.fullgraph}
+        return {"mode": "reduce-overhead" if self.cudagraphs else None, "fullgraph": self.fullgraph,
+                "backend": self.backend}
 
 
 class CompileFeature(Feature):
