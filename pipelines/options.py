@@ -16,7 +16,7 @@ import argparse
 import math
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from pipelines import registry
@@ -36,7 +36,6 @@ __all__ = [
     "check_device",
     "check_image",
     "check_output",
-    "needs_finetuned",
     "request_summary",
     "validate_acceleration",
     "validate_request",
@@ -256,46 +255,12 @@ def validate_request(*, model: str | registry.ModelPreset = registry.DEFAULT_MOD
 # ------------------------------------------------------------------------------------------------ acceleration options
 
 
-@dataclass(frozen=True)
-class _Spec:
-    """Stand-in for `turbo.config.OptionSpec` while the library does not provide `option_specs()` yet."""
-
-    key: str
-    flag: str
-    section: str
-    name: str
-    type: type
-    default: Any
-    choices: tuple
-    range: tuple
-    help: str
-    methods: tuple
-
-
-def _specs_from_schema() -> list[_Spec]:
-    from turbo.config import SECTIONS
-
-    out = []
-    for section, cls in SECTIONS.items():
-        for f in fields(cls):
-            meta = f.metadata
-            if f.name in ("method", "mode"):
-                key, flag = section, f"--{section}"
-            else:
-                key, flag = f.name, "--" + f.name.replace("_", "-")
-            out.append(_Spec(key, flag, section, f.name, type(f.default), f.default, tuple(meta.get("choices", ())),
-                             tuple(meta.get("range", ())), meta.get("help", ""), tuple(meta.get("methods", ()))))
-    return out
-
-
 def acceleration_specs() -> list:
-    """The acceleration options: `turbo.config.option_specs()` (each with key, flag, section, name, type, default,
+    """The acceleration options, `turbo.config.option_specs()` (each with key, flag, section, name, type, default,
     choices, range, help, methods)."""
-    from turbo import config
+    from turbo.config import option_specs
 
-    if hasattr(config, "option_specs"):
-        return list(config.option_specs())
-    return _specs_from_schema()
+    return list(option_specs())
 
 
 def _dest(spec) -> str:
@@ -329,16 +294,6 @@ def acceleration_overrides(namespace: argparse.Namespace) -> dict[str, Any]:
             if getattr(namespace, _dest(spec), None) is not None}
 
 
-def needs_finetuned(config, preset: str | None = None) -> bool:
-    """Whether `config` (a TurboConfig) needs turbo-fine-tuned weights (`turbo.config.needs_finetuned`)."""
-    from turbo import config as config_module
-
-    if hasattr(config_module, "needs_finetuned"):
-        return bool(config_module.needs_finetuned(config))
-    finetuned_methods = {p.config.attention.method for p in config_module.PRESETS.values() if p.needs_finetuned}
-    return config.attention.method in finetuned_methods
-
-
 def validate_acceleration(preset: str | None, overrides: dict[str, Any] | None = None,
                           allow_untuned: bool = False):
     """Resolve a preset name (None: turbo's default config) plus option overrides into (TurboConfig, preset name),
@@ -346,11 +301,11 @@ def validate_acceleration(preset: str | None, overrides: dict[str, Any] | None =
     (`NotImplementedMethodError`) and, unless `allow_untuned`, configs that need turbo-fine-tuned weights. Raises
     `turbo.TurboError` subclasses with one-sentence messages."""
     import turbo
-    from turbo.config import resolve_config
+    from turbo.config import needs_finetuned, resolve_config
 
     config, name = resolve_config(preset, turbo.default_config(), **(overrides or {}))
     config.check_built()
-    if not allow_untuned and needs_finetuned(config, name):
+    if not allow_untuned and needs_finetuned(config):
         label = f"preset '{name}'" if name else f"attention '{config.attention.method}'"
         raise turbo.TurboConfigError(
             f"{label} needs turbo-fine-tuned weights, which this model does not ship; pass --allow-untuned to run it "
