@@ -199,8 +199,10 @@ def cmd_generate(args) -> int:
         print(pipe.turbo)
         print(f"accelerated:   {elapsed:.2f} s")
         if baseline_time is not None:
+            caveat = "; CPU: both runs are PyTorch attention, not a kernel speed-up" if method != "dense" and \
+                request.device == "cpu" else ""
             print(f"speed-up:      {baseline_time / elapsed:.2f}× vs the unaccelerated run "
-                  f"(same seed; PSNR {psnr(frames, baseline_frames):.1f} dB)")
+                  f"(same seed; PSNR {psnr(frames, baseline_frames):.1f} dB{caveat})")
     if request.model.toyworld and request.prompt:
         if baseline_frames is not None and not args.no_turbo:
             print(f"judge, unaccelerated: {judge_line(baseline_frames, request.prompt)}")
