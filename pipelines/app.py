@@ -71,17 +71,18 @@ def _number(value, name: str, kind=int):
 
 
 def _markdown(result, baseline) -> str:
-    lines = [f"**{result.label}** — {result.seconds:.2f} s for {result.settings['frames']} frames "
-             f"{result.settings['width']}×{result.settings['height']}, {result.settings['steps']} steps "
-             f"(seed {result.settings['seed']}, {result.settings['model']})", "",
-             "| | " + " | ".join(result.timings) + " | total | peak GPU memory |",
-             "|---|" + "---|" * (len(result.timings) + 2)]
-    for run in (baseline, result):
-        if run is None:
-            continue
-        memory = "— (CPU)" if run.peak_memory is None else f"{run.peak_memory / 2**30:.2f} GiB"
-        cells = " | ".join(f"{run.timings.get(k, 0.0):.2f} s" for k in result.timings)
-        lines.append(f"| {run.label} | {cells} | {run.seconds:.2f} s | {memory} |")
+    runs = [r for r in (baseline, result) if r is not None]
+    settings = result.settings
+    lines = [f"**{result.label}** — {result.seconds:.2f} s for {settings['frames']} frames "
+             f"{settings['width']}×{settings['height']}, {settings['steps']} steps (seed {settings['seed']}, "
+             f"{settings['model']})", "",
+             "| seconds | " + " | ".join("turbo" if r.report else "unaccelerated" for r in runs) + " |",
+             "|---|" + "---|" * len(runs)]
+    for bucket in result.timings:
+        lines.append(f"| {bucket} | " + " | ".join(f"{r.timings.get(bucket, 0.0):.2f}" for r in runs) + " |")
+    lines.append("| **total** | " + " | ".join(f"**{r.seconds:.2f}**" for r in runs) + " |")
+    memory = ["— (CPU)" if r.peak_memory is None else f"{r.peak_memory / 2**30:.2f} GiB" for r in runs]
+    lines.append("| peak GPU memory | " + " | ".join(memory) + " |")
     if baseline is not None:
         from pipelines.app_engine import psnr
 
@@ -177,20 +178,22 @@ class _Generator:
 # ------------------------------------------------------------------------------------------------------------ the UI
 
 
-def _control(spec, value):
-    """One gradio control for an acceleration option spec."""
+def _control(spec, value, visible: bool):
+    """One gradio control for an acceleration option spec (its help text as the hover title)."""
     import gradio as gr
 
     label = spec.key.replace("_", " ")
     info = spec.help + (f" [{', '.join(spec.methods)}]" if spec.methods else "")
+    common = {"label": label, "visible": visible, "min_width": 220 if spec.type is bool else 150,
+              "elem_classes": ["turbo-option"], "elem_id": f"option-{spec.key}"}
     if spec.type is bool:
-        return gr.Checkbox(value=bool(value), label=label, info=info)
+        return gr.Checkbox(value=bool(value), info=info, **common)
     if spec.choices:
-        return gr.Dropdown(choices=list(spec.choices), value=value, label=label, info=info)
+        return gr.Dropdown(choices=list(spec.choices), value=value, info=info, **common)
     if spec.type in (int, float):  # the range is checked by turbo's config (one message naming the option)
         info += f" (range {spec.range[0]}..{spec.range[1]})" if spec.range else ""
-        return gr.Number(value=value, label=label, info=info, precision=0 if spec.type is int else None)
-    return gr.Textbox(value=value, label=label, info=info)
+        return gr.Number(value=value, info=info, precision=0 if spec.type is int else None, **common)
+    return gr.Textbox(value=value, info=info, **common)
 
 
 def _tab(engine: Engine, kind: str, extra: registry.ModelPreset | None, all_specs: list) -> None:
@@ -218,7 +221,7 @@ def _tab(engine: Engine, kind: str, extra: registry.ModelPreset | None, all_spec
                 image = gr.Image(label="First frame (PNG/JPEG)", type="filepath", sources=["upload", "clipboard"],
                                  elem_id="i2v-image", height=256)
             with gr.Row():
-                seed = gr.Number(label="Seed", value=0, precision=0)
+                seed = gr.Number(label="Seed", value=0, precision=0, elem_id=f"{kind}-seed")
                 steps = gr.Number(label="Steps", value=first.steps if first else 50, precision=0,
                                   elem_id=f"{kind}-steps")
                 guidance = gr.Number(label="Guidance", value=first.guidance if first else None)
@@ -237,26 +240,27 @@ def _tab(engine: Engine, kind: str, extra: registry.ModelPreset | None, all_spec
                 allow_untuned = gr.Checkbox(value=False, label="allow untuned",
                                             info="run presets that need turbo-fine-tuned weights on stock weights")
                 controls = {}
-                for spec in all_specs:
-                    visible = app_panel.applies(spec, start_values.get(method.key))
-                    with gr.Group(visible=visible) as group:
-                        controls[spec.key] = (_control(spec, start_values.get(spec.key)), group)
+                with gr.Row(equal_height=False):
+                    for spec in all_specs:
+                        visible = app_panel.applies(spec, start_values.get(method.key))
+                        controls[spec.key] = _control(spec, start_values.get(spec.key), visible)
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id=f"{kind}-generate")
                 compare = gr.Button("Compare with baseline", elem_id=f"{kind}-compare")
         with gr.Column(scale=1):
             with gr.Row():
-                video = gr.Video(label="turbo", format="mp4", elem_id=f"{kind}-video", autoplay=True, loop=True)
+                video = gr.Video(label="turbo", format="mp4", elem_id=f"{kind}-video", autoplay=True, loop=True,
+                                 height=320)
                 baseline = gr.Video(label="unaccelerated baseline (same seed)", format="mp4",
-                                    elem_id=f"{kind}-baseline", autoplay=True, loop=True)
+                                    elem_id=f"{kind}-baseline", autoplay=True, loop=True, height=320)
             summary = gr.Markdown(elem_id=f"{kind}-summary")
             with gr.Accordion("Applied config and timings", open=False):
                 details = gr.JSON(label="details")
-            gallery = gr.Gallery(label="This session", columns=4, height=220, elem_id=f"{kind}-gallery")
+            gallery = gr.Gallery(label="This session", columns=4, rows=1, height=200, object_fit="contain",
+                                 elem_id=f"{kind}-gallery")
             history = gr.State([])
 
-    control_list = [c for c, _ in controls.values()]
-    groups = [g for _, g in controls.values()]
+    control_list = list(controls.values())
 
     def on_model(name):
         choice = next((p for p in available if p.name == name), None) or engine.extra_models.get(name)
@@ -270,22 +274,21 @@ def _tab(engine: Engine, kind: str, extra: registry.ModelPreset | None, all_spec
     def on_preset(name):
         values = app_panel.panel_values(name, all_specs)
         shown = values.get(method.key)
-        return [name] + [values.get(key) for key in controls] + [gr.update(visible=app_panel.applies(s, shown))
-                                                                 for s in all_specs]
+        return [name] + [gr.update(value=values.get(s.key), visible=app_panel.applies(s, shown)) for s in all_specs]
 
-    preset.change(on_preset, preset, [filled_from, *control_list, *groups], api_visibility="private")
+    preset.change(on_preset, preset, [filled_from, *control_list], api_visibility="private")
 
     def on_method(name):
         return [gr.update(visible=app_panel.applies(s, name)) for s in all_specs]
 
-    controls[method.key][0].change(on_method, controls[method.key][0], groups, api_visibility="private")
+    controls[method.key].change(on_method, controls[method.key], control_list, api_visibility="private")
 
     form = {"model": model, "prompt": prompt, "negative_prompt": negative, "seed": seed, "height": height,
             "width": width, "frames": frames, "steps": steps, "guidance": guidance, "preset": preset,
             "allow_untuned": allow_untuned}
     if image is not None:
         form["image"] = image
-    form.update({key: control for key, (control, _) in controls.items()})
+    form.update(controls)
     form["_filled_from"] = filled_from
 
     def remember(video_path, text, items):

@@ -4,7 +4,7 @@ bad input comes back as a clear error and the server keeps serving."""
 import pytest
 from gradio_client import handle_file
 
-from tests.app.conftest import PROMPT_I2V, PROMPT_T2V, STEPS, first_frame_png, read_video
+from tests.app.conftest import PROMPT_I2V, PROMPT_T2V, SEED, STEPS, first_frame_png, read_video
 from turbo.eval.judge import judge
 
 TINY = {"height": 64, "width": 64, "frames": 5, "steps": 2}
@@ -24,7 +24,8 @@ def test_api_lists_the_named_endpoints(client):
 
 
 def test_text_to_video_returns_an_mp4_the_judge_reads(client):
-    video, baseline, summary, details = client.predict(prompt=PROMPT_T2V, steps=STEPS, api_name="/text_to_video")
+    video, baseline, summary, details = client.predict(prompt=PROMPT_T2V, steps=STEPS, seed=SEED,
+                                                        api_name="/text_to_video")
     frames = read_video(video)
     assert frames.shape == (17, 256, 256, 3) and baseline is None
     assert_reads_as_prompt(frames, PROMPT_T2V)
@@ -35,7 +36,7 @@ def test_text_to_video_returns_an_mp4_the_judge_reads(client):
 
 def test_image_to_video_returns_an_mp4_the_judge_reads(client, tmp_path):
     image = first_frame_png(PROMPT_I2V, tmp_path / "first.png")
-    video, _, _, details = client.predict(prompt=PROMPT_I2V, image=handle_file(image), steps=STEPS,
+    video, _, _, details = client.predict(prompt=PROMPT_I2V, image=handle_file(image), steps=STEPS, seed=SEED,
                                           api_name="/image_to_video")
     frames = read_video(video)
     assert frames.shape == (17, 256, 256, 3)
@@ -83,3 +84,23 @@ def test_an_unknown_model_is_refused(client):
     with pytest.raises(Exception) as error:
         client.predict(model="../../etc", prompt=PROMPT_T2V, **TINY, api_name="/text_to_video")
     assert "etc" in str(error.value) or "choices" in str(error.value)
+
+
+def test_plain_http_call_of_a_named_endpoint(app_server):
+    """gradio's REST protocol without gradio_client: POST the inputs in the order /gradio_api/info lists them (with
+    their defaults), then read the result from the event stream."""
+    import json
+    import urllib.request
+
+    info = json.loads(urllib.request.urlopen(app_server.url + "gradio_api/info", timeout=30).read())
+    parameters = info["named_endpoints"]["/text_to_video"]["parameters"]
+    data = [{**TINY, "prompt": PROMPT_T2V}.get(p["parameter_name"], p["parameter_default"]) for p in parameters]
+    request = urllib.request.Request(app_server.url + "gradio_api/call/text_to_video",
+                                     data=json.dumps({"data": data}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    event_id = json.loads(urllib.request.urlopen(request, timeout=30).read())["event_id"]
+    stream = urllib.request.urlopen(f"{app_server.url}gradio_api/call/text_to_video/{event_id}", timeout=240)
+    lines = stream.read().decode().splitlines()
+    assert "event: complete" in lines, lines
+    video, baseline, summary, details = json.loads(lines[lines.index("event: complete") + 1][len("data: "):])
+    assert video["url"].endswith(".mp4") and baseline is None and details["result"]["frames"] == 5

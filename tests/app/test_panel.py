@@ -66,3 +66,11 @@ def test_registry_lists_the_shipped_models_and_refuses_an_unknown_name():
         registry.get_model("no-such-model")
     message = str(error.value)
     assert "no-such-model" in message and message.count(". ") == 0 and message.endswith(".")
+
+
+def test_app_flags_default_to_loopback_and_refuse_an_empty_queue():
+    from pipelines.app import build_parser, main
+
+    args = build_parser().parse_args([])
+    assert args.host == "127.0.0.1" and not args.share and args.queue_size >= 1
+    assert main(["--queue-size", "0"]) == 2
