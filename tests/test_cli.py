@@ -7,7 +7,8 @@ from pipelines.cli import main
 def test_info_lists_methods_and_presets(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    for word in ("torch", "attention methods:", "sla", "svg2", "presets:", "balanced"):
+    for word in ("torch", "attention methods:", "sla", "svg2", "presets:", "balanced", "models",
+                 "toyworld-wan-t2v", "wan2.1-t2v-1.3b", "hunyuanvideo"):
         assert word in out
 
 
@@ -96,3 +97,30 @@ def test_toyworld_directories_get_their_demo_setting_and_true_cfg(tmp_path):
     assert (kwargs["height"], kwargs["width"], kwargs["num_frames"]) == (48, 32, 9)
     assert kwargs["true_cfg_scale"] == 3.0 and kwargs["negative_prompt"] == "" and "guidance_scale" not in kwargs
     assert kwargs["prompt_template"]["crop_start"] == 0
+
+
+def test_app_subcommand_hands_its_arguments_to_the_app(monkeypatch):
+    import sys
+    import types
+
+    import pipelines
+
+    calls = []
+    fake = types.ModuleType("pipelines.app")
+    fake.main = lambda argv=None: calls.append(argv) or 0
+    monkeypatch.setitem(sys.modules, "pipelines.app", fake)
+    monkeypatch.setattr(pipelines, "app", fake, raising=False)
+    assert main(["app", "--port", "7861"]) == 0
+    assert calls == [["--port", "7861"]]
+
+
+def test_app_subcommand_without_the_app_is_one_sentence(monkeypatch, capsys):
+    import sys
+
+    import pipelines
+
+    monkeypatch.setitem(sys.modules, "pipelines.app", None)
+    monkeypatch.delattr(pipelines, "app", raising=False)
+    assert main(["app"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("turbo: ") and err.count("\n") == 1
