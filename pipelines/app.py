@@ -220,6 +220,7 @@ def _tab(engine: Engine, kind: str, extra: registry.ModelPreset | None, all_spec
             if kind == "i2v":
                 image = gr.Image(label="First frame (PNG/JPEG)", type="filepath", sources=["upload", "clipboard"],
                                  elem_id="i2v-image", height=256)
+                _refuse_non_images(image)
             with gr.Row():
                 seed = gr.Number(label="Seed", value=0, precision=0, elem_id=f"{kind}-seed")
                 steps = gr.Number(label="Steps", value=first.steps if first else 50, precision=0,
@@ -326,6 +327,25 @@ def _with_progress(generator: _Generator, names: list[str]):
                    f"{TABS[generator.kind][0]} with turbo; returns (mp4, baseline mp4 or None, summary, details).")
     run.__name__ = endpoint_names(generator.kind)[1 if generator.compare else 0]
     return run
+
+
+def _refuse_non_images(image) -> None:
+    """Make the image input answer an undecodable upload with one sentence (gradio decodes uploads before the
+    function runs, and its own error names component indices)."""
+    import gradio as gr
+
+    decode = image.preprocess
+
+    def preprocess(payload):
+        try:
+            return decode(payload)
+        except gr.Error:
+            raise
+        except Exception as error:  # PIL raises several types for files that are not images
+            raise gr.Error(f"the uploaded first frame is not a readable image ({type(error).__name__}); upload a "
+                           "PNG or JPEG file.", print_exception=False) from None
+
+    image.preprocess = preprocess
 
 
 def _about(preset: registry.ModelPreset | None) -> str:
