@@ -2,7 +2,9 @@
 
 Modes: "regional" compiles each repeated transformer block (diffusers' `compile_repeated_blocks` idea: one graph
 serves every block, compile time of one block), "full" compiles the whole transformer. `cudagraphs=True` uses
-torch's "reduce-overhead" mode (CUDA graphs; for fixed shapes and few-step loops). turbo's hooks and processors are
+torch's "reduce-overhead" mode (CUDA graphs; for fixed shapes and few-step loops; with compile="full": the step
+hook then starts a new CUDA-graph step before each forward and hands out a copy of the output, so the cond output
+of a CFG pair survives the uncond call). turbo's hooks and processors are
 compile-clean: step, branch and warm-up decisions run in the transformer-level hook outside compilation, so a whole
 generation compiles once (plus one graph for dense warm-up steps)."""
 
@@ -31,6 +33,11 @@ class CompileConfig:
 
     def __post_init__(self):
         validate_options(self, "compile")
+        if self.cudagraphs and self.mode != "full":
+            raise TurboConfigError(
+                "compile_cudagraphs needs compile='full': one CUDA graph per transformer forward (regional graphs are "
+                "replayed once per block and would overwrite each other's outputs)."
+            )
 
     def torch_kwargs(self) -> dict:
         return {"mode": "reduce-overhead" if self.cudagraphs else None, "fullgraph": self.fullgraph,
@@ -59,11 +66,15 @@ class CompileFeature(Feature):
             for module in modules:
                 module.compile(**kwargs)
                 compiled.append(module)
+            target.step_hook.cudagraphs = section.cudagraphs
         return compiled
 
     def undo(self, context, compiled: list) -> None:
         for module in compiled:
             module._compiled_call_impl = None
+        for target in context.targets:
+            if target.step_hook is not None:
+                target.step_hook.cudagraphs = False
 
     def describe(self, section: CompileConfig) -> str:
         return f"torch.compile {section.mode}" + (" + CUDA graphs" if section.cudagraphs else "") + (

@@ -32,6 +32,7 @@ class StepHook(ModelHook):
         self.patch = patch
         self.method = method
         self.layers = layers or []  # (layer index, method module) of this transformer's self-attention sites
+        self.cudagraphs = False  # set by the compile feature when the forward replays a CUDA graph
         # Only used to receive the pipeline's CacheContext (name = CFG branch, step_index when the pipeline gives it).
         self.context_receiver = StateManager(_NoState)
 
@@ -56,7 +57,15 @@ class StepHook(ModelHook):
                 density = method.prepare(info)
                 if density is not None:
                     runtime.stats.record_density(density)
+        if self.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
         return args, kwargs
+
+    @torch.compiler.disable
+    def post_forward(self, module, output):
+        if self.cudagraphs:  # the graph's output buffers are reused by the next replay: hand out a copy
+            return torch.utils._pytree.tree_map_only(torch.Tensor, torch.clone, output)
+        return output
 
     def reset_state(self, module):
         self.runtime.reset()
