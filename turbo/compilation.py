@@ -61,12 +61,16 @@ class CompileFeature(Feature):
     def install(self, context, section: CompileConfig) -> list:
         compiled = []
         kwargs = section.torch_kwargs()
-        for target in context.targets:
-            modules = target.adapter.repeated_blocks(target.model) if section.mode == "regional" else [target.model]
-            for module in modules:
-                module.compile(**kwargs)
-                compiled.append(module)
-            target.step_hook.cudagraphs = section.cudagraphs
+        try:
+            for target in context.targets:
+                modules = target.adapter.repeated_blocks(target.model) if section.mode == "regional" else [target.model]
+                for module in modules:
+                    module.compile(**kwargs)
+                    compiled.append(module)
+                target.step_hook.cudagraphs = section.cudagraphs
+        except BaseException:
+            self.undo(context, compiled)
+            raise
         return compiled
 
     def undo(self, context, compiled: list) -> None:

@@ -109,7 +109,8 @@ class Feature:
     Subclasses set `name` (the section name in `TurboConfig`), `config_cls` (a frozen dataclass whose fields are made
     with `turbo.config.option`; a `mode` field with an "off" choice when the feature can be off), `order` (install
     order) and implement the protocol. `check` raises before anything is changed; `install` changes the pipeline and
-    returns whatever `undo` needs; `undo` must put back exactly what `install` changed."""
+    returns whatever `undo` needs (if it raises, it first takes back its own partial changes; `accelerate` then undoes
+    the features installed before it, in reverse); `undo` must put back exactly what `install` changed."""
 
     name: str = ""
     config_cls: type = type(None)
