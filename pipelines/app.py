@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -452,9 +453,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"turbo app: {error}", file=sys.stderr)
         return 2
     print(f"turbo app on {server.url} (Ctrl-C stops it)")
+
+    def stop(_signum, _frame):  # SIGTERM stops like Ctrl-C, so the temporary files are removed
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         server.app.block_thread()
+    except KeyboardInterrupt:
+        pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         server.close()
     return 0
 

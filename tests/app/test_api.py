@@ -111,3 +111,13 @@ def test_plain_http_call_of_a_named_endpoint(app_server):
     assert "event: complete" in lines, lines
     video, baseline, summary, details = json.loads(lines[lines.index("event: complete") + 1][len("data: "):])
     assert video["url"].endswith(".mp4") and baseline is None and details["result"]["frames"] == 5
+
+
+def test_an_upload_over_the_size_limit_is_refused(client, tmp_path):
+    from pipelines.app import MAX_IMAGE_BYTES
+
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG" + b"0" * MAX_IMAGE_BYTES)
+    with pytest.raises(Exception) as error:
+        client.predict(prompt=PROMPT_I2V, image=handle_file(str(big)), **TINY, api_name="/image_to_video")
+    assert "exceeds the maximum file size" in str(error.value), error.value
