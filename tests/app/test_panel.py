@@ -74,3 +74,19 @@ def test_app_flags_default_to_loopback_and_refuse_an_empty_queue():
     args = build_parser().parse_args([])
     assert args.host == "127.0.0.1" and not args.share and args.queue_size >= 1
     assert main(["--queue-size", "0"]) == 2
+
+
+def test_build_app_offers_the_model_directory_first_and_lists_missing_models(tmp_path):
+    import gradio as gr
+
+    from pipelines.app import build_app
+    from pipelines.app_engine import Engine
+
+    engine = Engine(device="cpu", output_dir=str(tmp_path / "out"))
+    demo = build_app(engine, model=str(registry.TOYWORLD_DIR / "hunyuan-t2v"))
+    dropdowns = [b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "Model"]
+    assert [d.value for d in dropdowns] == ["toyworld-hunyuan-t2v", "toyworld-wan-i2v"]
+    markdown = " ".join(b.value for b in demo.blocks.values() if isinstance(b, gr.Markdown) and b.value)
+    assert "hf download Wan-AI/Wan2.1-T2V-1.3B-Diffusers" in markdown  # a model not on this machine says how
+    assert engine.loads == 0  # building the UI loads nothing
+    engine.close()
