@@ -215,6 +215,8 @@ def validate_request(*, model: str | registry.ModelPreset = registry.DEFAULT_MOD
         preset = registry.resolve_model(model)
     except registry.RegistryError as error:
         raise RequestError(str(error)) from None
+    if not registry.is_available(preset):
+        raise RequestError(f"{preset.name} is not on this machine: {registry.how_to_get(preset)}")
     height = preset.height if height is None else height
     width = preset.width if width is None else width
     frames = preset.frames if frames is None else frames
@@ -275,17 +277,21 @@ def add_acceleration_arguments(parser: argparse.ArgumentParser, title: str = "ac
     for spec in acceleration_specs():
         if spec.key in skip:
             continue
-        help_text = spec.help
-        if spec.methods:
-            help_text += f" [{', '.join(spec.methods)}]"
+        details = []
+        if spec.default is not None and spec.type is not bool:
+            details.append(f"default {spec.default}")
         if spec.range:
-            help_text += f" (range {spec.range[0]}..{spec.range[1]})"
+            details.append(f"range {spec.range[0]}..{spec.range[1]}")
+        if spec.methods:
+            details.append(f"for {', '.join(spec.methods)}")
+        help_text = spec.help + (f" ({'; '.join(details)})" if details else "")
         if spec.type is bool:
             group.add_argument(spec.flag, dest=_dest(spec), action=argparse.BooleanOptionalAction, default=None,
                                help=help_text)
         else:
             kwargs = {"choices": spec.choices} if spec.choices else {}
-            group.add_argument(spec.flag, dest=_dest(spec), type=spec.type, default=None, help=help_text, **kwargs)
+            group.add_argument(spec.flag, dest=_dest(spec), type=spec.type, default=None, help=help_text,
+                               metavar=spec.key.upper() if not spec.choices else None, **kwargs)
 
 
 def acceleration_overrides(namespace: argparse.Namespace) -> dict[str, Any]:

@@ -246,9 +246,9 @@ def how_to_get(preset: ModelPreset) -> str:
         return (f"{preset.name} ships in the turbo repository under {preset.source}; use a full checkout of the "
                 "repository (the weights are plain files, no download).")
     if preset.is_local:
-        return f"{preset.name} is a local directory; it must hold a diffusers pipeline (model_index.json)."
-    return (f"Download {preset.source} once on a machine with network access with `hf download {preset.source}` "
-            "(it lands in the Hugging Face cache, which turbo then reads offline).")
+        return f"{preset.source} must be a directory holding a diffusers pipeline (model_index.json)."
+    return (f"download {preset.source} once with network access (`hf download {preset.source}`) into the Hugging Face "
+            "cache, which turbo then reads offline.")
 
 
 # ------------------------------------------------------------------------------------------------------------ loading

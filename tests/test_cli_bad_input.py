@@ -7,7 +7,10 @@ from pipelines.cli import main
 
 
 @pytest.fixture(autouse=True)
-def no_loading(monkeypatch):
+def no_loading(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded for a bad input")
 
@@ -52,6 +55,7 @@ CASES = {
     "abbreviation --quantiz": (["--quantiz"], "unrecognized arguments"),
     "unknown model": (["--model", "wan9-t2v"], "unknown model 'wan9-t2v'"),
     "missing model dir": (["--model", "./no/such/dir"], "nor a directory"),
+    "hub model not in the cache": (["--model", "wan2.1-t2v-1.3b"], "hf download Wan-AI/Wan2.1-T2V-1.3B-Diffusers"),
     "untuned sla": (["--preset", "fast"], "--allow-untuned"),
     "bad option value": (["--attention", "svg", "--density", "2"], "density"),
     "bad dtype": (["--dtype", "float8"], "invalid choice"),
