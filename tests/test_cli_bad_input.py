@@ -49,7 +49,6 @@ CASES = {
     "out in a missing folder": (["--out", "/nonexistent/dir/x.mp4"], "does not exist"),
     "quant fp8": (["--quant", "fp8"], "not implemented yet"),
     "cache tdc": (["--cache", "tdc"], "not implemented yet"),
-    "sampler rcm": (["--sampler", "rcm"], "not implemented yet"),
     "abbreviation --quant-mode-ish": (["--quant-mode-ish", "1"], "unrecognized arguments"),
     "abbreviation --kee": (["--kee", "0.1"], "unrecognized arguments"),
     "abbreviation --quantiz": (["--quantiz"], "unrecognized arguments"),

@@ -1,0 +1,200 @@
+"""The rCM few-step sampler: grid values, save/load, step semantics, and the `sampler="rcm"` feature in tiny Wan
+pipelines (transformer calls, timesteps, Wan2.2 expert switch, exact restore) plus one-sentence refusals."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import turbo
+from turbo.schedulers import RCMScheduler, rcm_rf_times
+
+from .pipes import build, run
+
+PUBLISHED_80 = [0.9877, 0.9338, 0.8529, 0.6090]  # TurboDiffusion's 4-step RF times for sigma_max 80
+
+
+def test_grid_matches_the_published_rf_times():
+    times = rcm_rf_times(4, 80.0)
+    assert times[-1] == 0.0 and len(times) == 5
+    assert [round(t, 4) for t in times[:4]] == PUBLISHED_80
+    assert round(rcm_rf_times(4, 200.0)[0], 4) == 0.9950 and round(rcm_rf_times(4, 120.0)[0], 4) == 0.9917
+    assert rcm_rf_times(1, 80.0) == [pytest.approx(80 / 81), 0.0]  # 1 step: a single jump from sigma_max
+    scheduler = RCMScheduler()
+    assert scheduler.timesteps.dtype == torch.float32 and scheduler.rf_times.dtype == torch.float64
+    assert torch.allclose(scheduler.timesteps.double(), torch.tensor(times[:4], dtype=torch.float64) * 1000)
+    assert scheduler.init_noise_sigma == pytest.approx(80 / 81)
+
+
+def test_save_pretrained_round_trip(tmp_path):
+    scheduler = RCMScheduler(num_steps=3, sigma_max=200.0, mid_t=[1.3, 1.0, 0.6], stochastic=False, noise_seed=7)
+    scheduler.save_pretrained(tmp_path)
+    loaded = RCMScheduler.from_pretrained(tmp_path)
+    def public(config):
+        return {k: v for k, v in config.items() if not k.startswith("_")}
+
+    assert public(loaded.config) == public(scheduler.config)
+    assert torch.equal(loaded.timesteps, scheduler.timesteps)
+    assert list(loaded.config.mid_t) == [1.3, 1.0, 0.6]
+
+
+def _sample_run(scheduler, seed=0, generator=None):
+    """A fake 3-step generation with a fixed 'velocity model' on a [1, 4, 2, 4, 4] float32 latent."""
+    x = torch.randn(1, 4, 2, 4, 4, generator=torch.Generator().manual_seed(seed))
+    scheduler.set_timesteps(scheduler.config.num_steps)
+    scheduler.set_begin_index(0)
+    for t in scheduler.timesteps:
+        v = torch.tanh(x) * (t / 1000)
+        x = scheduler.step(v, t, x, generator=generator, return_dict=False)[0]
+    return x
+
+
+def test_stochastic_steps_are_reproducible_and_the_ode_variant_is_deterministic():
+    stochastic = RCMScheduler(num_steps=3)
+    a, b, c = _sample_run(stochastic), _sample_run(stochastic), _sample_run(stochastic, seed=1)
+    assert a.dtype == torch.float32 and torch.equal(a, b) and not torch.allclose(a, c)
+    # a passed generator is the noise source; a fixed noise_seed makes the draws independent of the latents
+    g1 = _sample_run(stochastic, generator=torch.Generator().manual_seed(5))
+    g2 = _sample_run(stochastic, generator=torch.Generator().manual_seed(5))
+    g3 = _sample_run(stochastic, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(g1, g2) and not torch.equal(g1, g3)
+    ode = RCMScheduler(num_steps=3, stochastic=False)
+    assert torch.equal(_sample_run(ode), _sample_run(ode))
+    assert not torch.allclose(_sample_run(ode), a)
+
+
+def test_step_math_in_float64():
+    scheduler = RCMScheduler(num_steps=2, stochastic=False)
+    scheduler.set_timesteps(2)
+    t0, t1 = scheduler.rf_times[:2].tolist()
+    x = torch.randn(1, 2, 1, 2, 2)
+    v = torch.randn(1, 2, 1, 2, 2)
+    out, x0 = scheduler.step(v, scheduler.timesteps[0], x, return_dict=False)
+    assert torch.allclose(x0, (x.double() - t0 * v.double()).float())
+    assert torch.allclose(out, (x.double() - (t0 - t1) * v.double()).float())
+    last, x0_last = scheduler.step(v, scheduler.timesteps[1], out, return_dict=False)
+    assert torch.equal(last, x0_last)  # the last step returns x0
+    stochastic = RCMScheduler(num_steps=2, noise_seed=3)
+    stochastic.set_timesteps(2)
+    out = stochastic.step(v, stochastic.timesteps[0], x).prev_sample
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    expected = (1 - t1) * (x.double() - t0 * v.double()) + t1 * noise.double()
+    assert torch.allclose(out, expected.float())
+
+
+def test_the_scheduler_refuses_another_step_count_and_bad_grids():
+    scheduler = RCMScheduler(num_steps=4)
+    with pytest.raises(ValueError, match="configured for 4 steps.*num_inference_steps=50") as error:
+        scheduler.set_timesteps(50)
+    assert "\n" not in str(error.value)
+    for kwargs, words in [({"num_steps": 0}, "between 1 and 4"), ({"num_steps": 5}, "between 1 and 4"),
+                          ({"sigma_max": 0.0}, "> 0"), ({"sigma_max": 10.0}, "decrease strictly"),
+                          ({"noise_seed": -1}, "noise_seed")]:
+        with pytest.raises(ValueError, match=words):
+            RCMScheduler(**kwargs)
+
+
+# ------------------------------------------------------------------------------------------------ the sampler feature
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return build("wan-t2v")
+
+
+def _timesteps_seen(model, calls):
+    return model.register_forward_pre_hook(lambda m, args, kwargs: calls.append(float(kwargs["timestep"][0])),
+                                           with_kwargs=True)
+
+
+def test_rcm_generates_in_a_stock_wan_pipeline_and_restores_exactly(pipe):
+    original = pipe.scheduler
+    stock_before = run(pipe, "wan-t2v")
+    turbo.accelerate(pipe, sampler="rcm", sampler_steps=4)
+    try:
+        assert isinstance(pipe.scheduler, RCMScheduler) and "rCM 4 steps" in str(pipe.turbo)
+        calls = []
+        handle = _timesteps_seen(pipe.transformer, calls)
+        try:
+            frames = run(pipe, "wan-t2v", num_inference_steps=4, guidance_scale=1.0)
+            again = run(pipe, "wan-t2v", num_inference_steps=4, guidance_scale=1.0)
+            other_seed = run(pipe, "wan-t2v", seed=1, num_inference_steps=4, guidance_scale=1.0)
+        finally:
+            handle.remove()
+        assert calls[:4] == pytest.approx([1000 * t for t in rcm_rf_times(4, 80.0)[:4]], abs=1e-3)
+        assert len(calls) == 12  # exactly 4 transformer calls per generation
+        assert np.isfinite(frames).all()
+        assert np.array_equal(frames, again) and not np.array_equal(frames, other_seed)
+        with pytest.raises(ValueError, match="num_inference_steps=4"):
+            run(pipe, "wan-t2v", num_inference_steps=2, guidance_scale=1.0)
+    finally:
+        turbo.restore(pipe)
+    assert pipe.scheduler is original
+    assert pipe.config.scheduler[1] == type(original).__name__
+    assert np.array_equal(run(pipe, "wan-t2v"), stock_before)
+
+
+def test_bare_steps_key_and_ode_variant_route_to_the_section():
+    config = turbo.TurboConfig().replace(sampler="rcm", steps=2, sampler_stochastic=False, sampler_sigma_max=200)
+    assert (config.sampler.steps, config.sampler.stochastic, config.sampler.sigma_max) == (2, False, 200.0)
+    assert turbo.TurboConfig.from_json(config.to_json()) == config
+    assert {"sampler_steps", "sampler_sigma_max", "sampler_mid_t", "sampler_stochastic", "sampler_noise_seed"} <= {
+        spec.key for spec in turbo.option_specs()}
+
+
+def test_wan22_switches_expert_at_its_boundary():
+    pipe = build("wan22-t2v")  # boundary_ratio 0.875: t >= 875 on transformer, below on transformer_2
+    high, low = [], []
+    handles = [_timesteps_seen(pipe.transformer, high), _timesteps_seen(pipe.transformer_2, low)]
+    turbo.accelerate(pipe, sampler="rcm", steps=4)
+    try:
+        frames = run(pipe, "wan22-t2v", num_inference_steps=4, guidance_scale=1.0)
+    finally:
+        turbo.restore(pipe)
+        for handle in handles:
+            handle.remove()
+    times = [1000 * t for t in rcm_rf_times(4, 80.0)[:4]]
+    assert high == pytest.approx(times[:2], abs=1e-3) and low == pytest.approx(times[2:], abs=1e-3)
+    assert np.isfinite(frames).all()
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [({"steps": 0}, "outside [1, 100]"), ({"steps": 5}, "steps <= 4"), ({"sampler_sigma_max": 0}, "must be > 0"),
+     ({"sampler_sigma_max": -3.0}, "must be > 0"), ({"sampler_mid_t": "1.5,x"}, "comma-separated"),
+     ({"sampler_sigma_max": 10.0}, "decrease strictly")],
+)
+def test_bad_sampler_configs_fail_with_one_sentence(overrides, words):
+    with pytest.raises(turbo.TurboConfigError) as error:
+        turbo.TurboConfig().replace(sampler="rcm", **overrides)
+    assert words in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_transformer_alone_and_hunyuanvideo_are_refused(pipe):
+    with pytest.raises(turbo.TurboConfigError, match="has none; accelerate the pipeline") as error:
+        turbo.accelerate(pipe.transformer, sampler="rcm")
+    assert "\n" not in str(error.value)
+    hunyuan = build("hunyuan-t2v")
+    original = hunyuan.scheduler
+    with pytest.raises(turbo.TurboConfigError, match="supports Wan pipelines") as error:
+        turbo.accelerate(hunyuan, sampler="rcm")
+    assert "\n" not in str(error.value) and "HunyuanVideoPipeline" in str(error.value)
+    assert hunyuan.scheduler is original and not hasattr(hunyuan, "turbo")
+
+
+def test_pipeline_save_and_load_keeps_the_rcm_scheduler(pipe, tmp_path):
+    from diffusers import WanPipeline
+
+    turbo.accelerate(pipe, sampler="rcm", steps=3, sampler_stochastic=False)
+    try:
+        assert tuple(pipe.config.scheduler) == ("turbo.schedulers.rcm", "RCMScheduler")
+        pipe.save_pretrained(tmp_path)
+        frames = run(pipe, "wan-t2v", num_inference_steps=3, guidance_scale=1.0)
+    finally:
+        turbo.restore(pipe)
+    loaded = WanPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert isinstance(loaded.scheduler, RCMScheduler) and loaded.scheduler.config.num_steps == 3
+    assert math.isclose(loaded.scheduler.init_noise_sigma, 80 / 81)
+    assert np.array_equal(run(loaded, "wan-t2v", num_inference_steps=3, guidance_scale=1.0), frames)
