@@ -198,3 +198,65 @@ def test_pipeline_save_and_load_keeps_the_rcm_scheduler(pipe, tmp_path):
     assert isinstance(loaded.scheduler, RCMScheduler) and loaded.scheduler.config.num_steps == 3
     assert math.isclose(loaded.scheduler.init_noise_sigma, 80 / 81)
     assert np.array_equal(run(loaded, "wan-t2v", num_inference_steps=3, guidance_scale=1.0), frames)
+
+
+def _reference_rcm(inputs, velocities, steps, sigma_max, seed, stochastic):
+    """TurboDiffusion's sampler written out (float64 state, x0 = x − t·v, fresh noise or Euler), driven by the
+    velocities the transformer returned; returns the states it would feed the model and the final x0."""
+    times = rcm_rf_times(steps, sigma_max)
+    generator = torch.Generator().manual_seed(seed)
+    x = inputs[0].double()
+    states = [x]
+    for i in range(steps):
+        v = velocities[i].double()
+        x0 = x - times[i] * v
+        if times[i + 1] == 0:
+            x = x0
+        elif stochastic:
+            noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).double()
+            x = (1 - times[i + 1]) * x0 + times[i + 1] * noise
+        else:
+            x = x - (times[i] - times[i + 1]) * v
+        states.append(x)
+    return states
+
+
+@pytest.mark.parametrize("stochastic", [True, False])
+def test_pipeline_follows_the_reference_sampler_from_the_exact_start(pipe, stochastic):
+    """With latents = init_noise_sigma·ε (TurboDiffusion's start t₀·ε), the model inputs and the returned latents are
+    the reference recurrence applied to the model's own velocities."""
+    inputs, velocities = [], []
+
+    def record(module, args, kwargs, output):
+        inputs.append(kwargs["hidden_states"].detach().clone())
+        velocities.append(output[0].detach().clone())
+
+    turbo.accelerate(pipe, sampler="rcm", steps=3, sampler_sigma_max=200, sampler_noise_seed=11,
+                     sampler_stochastic=stochastic)
+    handle = pipe.transformer.register_forward_hook(record, with_kwargs=True)
+    try:
+        noise = torch.randn(1, 16, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+        latents = run(pipe, "wan-t2v", num_inference_steps=3, guidance_scale=1.0, output_type="latent",
+                      latents=pipe.scheduler.init_noise_sigma * noise)
+    finally:
+        handle.remove()
+        turbo.restore(pipe)
+    assert len(inputs) == 3 and torch.equal(inputs[0], (rcm_rf_times(3, 200.0)[0] * noise).float())
+    states = _reference_rcm(inputs, velocities, 3, 200.0, 11, stochastic)
+    for got, expected in zip(inputs[1:], states[1:3], strict=True):
+        assert torch.allclose(got.double(), expected, atol=1e-6)
+    assert torch.allclose(latents.double(), states[3], atol=1e-6)
+
+
+def test_rcm_runs_in_the_stock_image_to_video_pipeline():
+    i2v = build("wan-i2v")
+    calls = []
+    handle = _timesteps_seen(i2v.transformer, calls)
+    turbo.accelerate(i2v, sampler="rcm", steps=2, sampler_sigma_max=200)
+    try:
+        frames = run(i2v, "wan-i2v", num_inference_steps=2, guidance_scale=1.0)
+    finally:
+        turbo.restore(i2v)
+        handle.remove()
+    assert calls == pytest.approx([1000 * t for t in rcm_rf_times(2, 200.0)[:2]], abs=1e-3)
+    assert np.isfinite(frames).all()

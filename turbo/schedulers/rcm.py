@@ -36,6 +36,7 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
 
 from .grid import PUBLISHED_MID_T, rcm_angles, rcm_rf_times
 
@@ -83,6 +84,7 @@ class RCMScheduler(SchedulerMixin, ConfigMixin):
         self._state: torch.Tensor | None = None  # float64 state after the last step
         self._returned: torch.Tensor | None = None  # the tensor handed back for it (identity check)
         self._generator: torch.Generator | None = None
+        self._generator_device: torch.device | None = None
         self.set_timesteps(num_steps)
 
     @property
@@ -132,12 +134,13 @@ class RCMScheduler(SchedulerMixin, ConfigMixin):
 
     def _noise_generator(self, sample: torch.Tensor) -> torch.Generator:
         """The scheduler's own generator on the sample's device, re-seeded at the first step of a generation."""
-        if self._generator is None or self._generator.device != sample.device or self._step_index == 0:
+        if self._generator is None or self._generator_device != sample.device or self._step_index == 0:
             seed = self.config.noise_seed
             if seed is None:
                 values = sample.detach().flatten()[:SEED_VALUES].to("cpu", torch.float64).numpy().tobytes()
                 seed = int.from_bytes(hashlib.sha256(values).digest()[:8], "little") & ((1 << 63) - 1)
             self._generator = torch.Generator(device=sample.device).manual_seed(seed)
+            self._generator_device = sample.device
         return self._generator
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
@@ -167,7 +170,7 @@ class RCMScheduler(SchedulerMixin, ConfigMixin):
             new_state = x0
         elif self.config.stochastic:
             noise_gen = generator if generator is not None else self._noise_generator(sample)
-            noise = torch.randn(sample.shape, generator=noise_gen, device=sample.device, dtype=torch.float32)
+            noise = randn_tensor(sample.shape, generator=noise_gen, device=sample.device, dtype=torch.float32)
             new_state = (1.0 - t_next) * x0 + t_next * noise.to(torch.float64)
         else:
             new_state = state - (t - t_next) * velocity
