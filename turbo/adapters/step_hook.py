@@ -61,15 +61,19 @@ class StepHook(ModelHook):
             torch.compiler.cudagraph_mark_step_begin()
         return args, kwargs
 
-    @torch.compiler.disable
     def post_forward(self, module, output):
         if self.cudagraphs:  # the graph's output buffers are reused by the next replay: hand out a copy
-            return torch.utils._pytree.tree_map_only(torch.Tensor, torch.clone, output)
+            return _copy_outputs(output)
         return output
 
     def reset_state(self, module):
         self.runtime.reset()
         return module
+
+
+@torch.compiler.disable
+def _copy_outputs(output):
+    return torch.utils._pytree.tree_map_only(torch.Tensor, torch.clone, output)
 
 
 def install_step_hook(model, runtime: TurboRuntime, patch: tuple[int, int, int]) -> dict:
