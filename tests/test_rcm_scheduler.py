@@ -83,11 +83,16 @@ def test_step_math_in_float64():
     assert torch.allclose(out, expected.float())
 
 
-def test_the_scheduler_refuses_another_step_count_and_bad_grids():
+def test_the_scheduler_runs_the_calls_count_up_to_len_mid_t_plus_one_and_refuses_more():
     scheduler = RCMScheduler(num_steps=4)
-    with pytest.raises(ValueError, match="configured for 4 steps.*num_inference_steps=50") as error:
-        scheduler.set_timesteps(50)
-    assert "\n" not in str(error.value)
+    scheduler.set_timesteps(2)
+    assert scheduler.sigmas.tolist() == pytest.approx(rcm_rf_times(2, 80.0))
+    scheduler.set_timesteps(None)
+    assert len(scheduler.timesteps) == 4
+    for count in (0, 5, 50):
+        with pytest.raises(ValueError, match=f"1 to 4 steps.*num_inference_steps={count}.*=4") as error:
+            scheduler.set_timesteps(count)
+        assert "\n" not in str(error.value)
     for kwargs, words in [({"num_steps": 0}, "between 1 and 4"), ({"num_steps": 5}, "between 1 and 4"),
                           ({"sigma_max": 0.0}, "> 0"), ({"sigma_max": 10.0}, "decrease strictly"),
                           ({"noise_seed": -1}, "noise_seed")]:
@@ -126,8 +131,15 @@ def test_rcm_generates_in_a_stock_wan_pipeline_and_restores_exactly(pipe):
         assert len(calls) == 12  # exactly 4 transformer calls per generation
         assert np.isfinite(frames).all()
         assert np.array_equal(frames, again) and not np.array_equal(frames, other_seed)
-        with pytest.raises(ValueError, match="num_inference_steps=4"):
-            run(pipe, "wan-t2v", num_inference_steps=2, guidance_scale=1.0)
+        with pytest.raises(ValueError, match="1 to 4 steps"):
+            run(pipe, "wan-t2v", num_inference_steps=50, guidance_scale=1.0)
+        calls.clear()
+        handle = _timesteps_seen(pipe.transformer, calls)
+        try:
+            run(pipe, "wan-t2v", num_inference_steps=1, guidance_scale=1.0)  # e.g. the CLI's warm-up call
+        finally:
+            handle.remove()
+        assert calls == pytest.approx([1000 * 80 / 81], abs=1e-3)
     finally:
         turbo.restore(pipe)
     assert pipe.scheduler is original

@@ -2,10 +2,11 @@
 
 `turbo.accelerate(pipe, sampler="rcm", sampler_steps=4)` (or `steps=4`) replaces `pipe.scheduler` with an
 `RCMScheduler` (turbo/schedulers/rcm.py) built from this section; `turbo.restore` puts the original scheduler object
-back. Call the pipeline with `num_inference_steps` equal to the configured steps and `guidance_scale=1` (rCM students
-have guidance distilled in); another step count is refused by the scheduler's `set_timesteps` before any transformer
-call. Supported: Wan pipelines (WanPipeline, WanImageToVideoPipeline, Wan2.2 with two experts). This module does not
-import diffusers; the scheduler module is imported when the feature installs."""
+back. Call the pipeline with `num_inference_steps=steps` and `guidance_scale=1` (rCM students have guidance
+distilled in): the scheduler runs the call's count when it is 1 to len(mid_t)+1 (the grid truncated, as
+TurboDiffusion's `--num_steps`) and refuses a larger one (e.g. a pipeline's default 50) before any transformer call.
+Supported: Wan pipelines (WanPipeline, WanImageToVideoPipeline, Wan2.2 with two experts). This module does not import
+diffusers; the scheduler module is imported when the feature installs."""
 
 from __future__ import annotations
 
@@ -41,8 +42,8 @@ class SamplerConfig:
     mode: str = option("default", "default = the pipeline's own scheduler; rcm = the rCM few-step sampler for rCM / "
                        "TurboDiffusion checkpoints (call with num_inference_steps = sampler steps, guidance 1)",
                        choices=SAMPLER_MODES)
-    steps: int = option(4, "rCM sampling steps, 1 to len(mid_t)+1; the pipeline call must use this "
-                        "num_inference_steps", range=(1, 100))
+    steps: int = option(4, "rCM sampling steps, 1 to len(mid_t)+1: call the pipeline with this num_inference_steps "
+                        "(another count up to len(mid_t)+1 runs; more is refused)", range=(1, 100))
     sigma_max: float = option(80.0, "rCM start noise level (EDM sigma): 80 T2V, 200 I2V, 120 14B 720p",
                               range=(0.0, 100000.0))
     mid_t: str = option("1.5,1.4,1.0", "rCM intermediate TrigFlow angles in radians, comma-separated, decreasing")
@@ -111,7 +112,7 @@ class SamplerFeature(Feature):
             return "the pipeline's own scheduler"
         noise = ("fresh noise, " + ("seed from the initial latents" if section.noise_seed < 0 else
                                     f"seed {section.noise_seed}")) if section.stochastic else "deterministic ODE"
-        return (f"rCM {section.steps} steps (call with num_inference_steps={section.steps}, guidance 1), "
+        return (f"rCM {section.steps} steps (call with num_inference_steps={section.steps}, guidance_scale=1), "
                 f"σ_max {section.sigma_max:g}, mid_t {section.mid_t}, {noise}")
 
 

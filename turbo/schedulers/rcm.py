@@ -12,8 +12,10 @@ and predicts v = ε − x0, with timestep 1000·t (as Wan's flow-matching pipeli
    keeps it; the pipeline gets it back in the dtype it passed (float32 in Wan's pipelines).
 
 Inside the stock diffusers pipelines (WanPipeline, WanImageToVideoPipeline, Wan2.2 with `boundary_ratio`):
-`set_timesteps(n)` must get the configured `num_steps` (a different count is refused with one sentence, so the
-number of transformer calls is exactly what was configured); `timesteps` = 1000·t_i (float32) so Wan2.2's expert
+`set_timesteps(n)` runs the call's n steps when rCM can (1 … len(mid_t) + 1, the grid truncated as TurboDiffusion's
+`--num_steps 1-4` does; n = None means the configured `num_steps`) and refuses any larger count (a pipeline default
+such as 50) with one sentence, so the number of transformer calls is always the call's `num_inference_steps`;
+`timesteps` = 1000·t_i (float32) so Wan2.2's expert
 switch `t >= boundary_ratio · num_train_timesteps` sees RF times; `sigmas` = the RF times with the final 0.
 
 Start point: the reference starts from x = t_0·ε. `init_noise_sigma` is t_0 for pipelines that scale their initial
@@ -57,7 +59,7 @@ class RCMScheduler(SchedulerMixin, ConfigMixin):
 
     Args:
         num_train_timesteps: the model's timestep scale (model timestep = num_train_timesteps · t); 1000 for Wan.
-        num_steps: sampling steps, 1 … len(mid_t) + 1; `set_timesteps` refuses any other count.
+        num_steps: the default step count (1 … len(mid_t) + 1), used when `set_timesteps` gets None.
         sigma_max: the start noise level in EDM σ (first angle atan(σ_max)); 80 T2V, 200 I2V, 120 14B 720p.
         mid_t: intermediate TrigFlow angles in radians, decreasing (published default (1.5, 1.4, 1.0)).
         stochastic: re-noise with fresh noise each step (True, the rCM default) or take Euler ODE steps (False).
@@ -100,15 +102,14 @@ class RCMScheduler(SchedulerMixin, ConfigMixin):
 
     def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
                       **_unused) -> None:
-        """Prepare one generation of `num_steps` steps (None means the configured count). Another count raises
-        `ValueError`: the configured grid is the sampler, so the call must ask for exactly that many steps."""
-        steps = self.config.num_steps
-        if num_inference_steps is not None and num_inference_steps != steps:
+        """Prepare one generation of `num_inference_steps` steps (None: the configured `num_steps`). rCM runs 1 to
+        len(mid_t) + 1 steps; another count raises `ValueError` (one sentence) before any model call."""
+        most = len(self.config.mid_t) + 1
+        steps = self.config.num_steps if num_inference_steps is None else num_inference_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= most:
             raise ValueError(
-                f"RCMScheduler is configured for {steps} steps but the pipeline asked for num_inference_steps="
-                f"{num_inference_steps}; call it with num_inference_steps={steps} (or configure num_steps, e.g. "
-                f"turbo.accelerate(pipe, sampler='rcm', sampler_steps={num_inference_steps}) for 1 to "
-                f"{len(self.config.mid_t) + 1} steps)."
+                f"RCMScheduler samples in 1 to {most} steps but the pipeline asked for num_inference_steps={steps}; "
+                f"call it with num_inference_steps={self.config.num_steps} (the configured sampler steps)."
             )
         times = rcm_rf_times(steps, self.config.sigma_max, self.config.mid_t)
         self.num_inference_steps = steps
