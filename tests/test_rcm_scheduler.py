@@ -155,18 +155,24 @@ def test_bare_steps_key_and_ode_variant_route_to_the_section():
         spec.key for spec in turbo.option_specs()}
 
 
-def test_wan22_switches_expert_at_its_boundary():
-    pipe = build("wan22-t2v")  # boundary_ratio 0.875: t >= 875 on transformer, below on transformer_2
+@pytest.mark.parametrize("boundary_ratio, sigma_max", [(None, 80.0), (0.9, 200.0)])
+def test_wan22_switches_expert_at_its_boundary(boundary_ratio, sigma_max):
+    """build("wan22-t2v") has boundary_ratio 0.875; 0.9 with sigma_max 200 is TurboDiffusion's Wan2.2 I2V setting:
+    2 high-noise steps (0.995, 0.934), then 2 low-noise steps (0.853, 0.609)."""
+    from pipelines import tiny
+
+    pipe = build("wan22-t2v") if boundary_ratio is None else tiny.build_wan22_t2v(boundary_ratio=boundary_ratio)
+    pipe.set_progress_bar_config(disable=True)
     high, low = [], []
     handles = [_timesteps_seen(pipe.transformer, high), _timesteps_seen(pipe.transformer_2, low)]
-    turbo.accelerate(pipe, sampler="rcm", steps=4)
+    turbo.accelerate(pipe, sampler="rcm", steps=4, sampler_sigma_max=sigma_max)
     try:
         frames = run(pipe, "wan22-t2v", num_inference_steps=4, guidance_scale=1.0)
     finally:
         turbo.restore(pipe)
         for handle in handles:
             handle.remove()
-    times = [1000 * t for t in rcm_rf_times(4, 80.0)[:4]]
+    times = [1000 * t for t in rcm_rf_times(4, sigma_max)[:4]]
     assert high == pytest.approx(times[:2], abs=1e-3) and low == pytest.approx(times[2:], abs=1e-3)
     assert np.isfinite(frames).all()
 
