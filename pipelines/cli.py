@@ -162,6 +162,8 @@ def cmd_generate(args) -> int:
     if not args.no_turbo:
         config, preset = options.validate_acceleration(args.preset, overrides, args.allow_untuned)
         label = _describe_config(preset if preset and not overrides else config)
+        request = options.fit_request(request, config, steps_given=args.steps is not None,
+                                      guidance_given=args.guidance is not None)
 
     print(f"prompt:  {request.prompt!r}")
     print(f"model:   {options.request_summary(request)}")

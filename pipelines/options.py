@@ -16,7 +16,7 @@ import argparse
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pipelines import registry
@@ -37,6 +37,7 @@ __all__ = [
     "check_image",
     "check_output",
     "request_summary",
+    "fit_request",
     "validate_acceleration",
     "validate_request",
 ]
@@ -318,6 +319,23 @@ def validate_acceleration(preset: str | None, overrides: dict[str, Any] | None =
             "anyway (expect lower quality) or choose a training-free preset (quality, balanced)."
         )
     return config, name
+
+
+def fit_request(request: Request, config, *, steps_given: bool, guidance_given: bool) -> Request:
+    """The request adjusted to what `config` (a TurboConfig, or None for no acceleration) needs, checked before
+    loading: with the rCM few-step sampler the steps default to the sampler's and the guidance to 1 (rCM checkpoints
+    are distilled without CFG); more steps than rCM can run, or a HunyuanVideo model, are refused."""
+    sampler = getattr(config, "sampler", None)
+    if sampler is None or sampler.mode != "rcm":
+        return request
+    if request.model.family == "hunyuanvideo":
+        raise RequestError(f"the rCM sampler runs on Wan pipelines only, not on {request.model.name}.")
+    most = len(sampler.angles()) + 1
+    steps = request.steps if steps_given else sampler.steps
+    if steps > most:
+        raise RequestError(f"steps={steps}: the rCM sampler runs 1 to {most} steps with its {most - 1} intermediate "
+                           f"angles (sampler_mid_t); give --steps {most} or fewer, or more angles.")
+    return replace(request, steps=steps, guidance=request.guidance if guidance_given else 1.0)
 
 
 def request_summary(request: Request) -> str:

@@ -56,6 +56,8 @@ CASES = {
     "missing model dir": (["--model", "./no/such/dir"], "nor a directory"),
     "hub model not in the cache": (["--model", "wan2.1-t2v-1.3b"], "hf download Wan-AI/Wan2.1-T2V-1.3B-Diffusers"),
     "untuned sla": (["--preset", "fast"], "--allow-untuned"),
+    "rcm with too many steps": (["--sampler", "rcm", "--steps", "8"], "rCM sampler runs 1 to 4 steps"),
+    "rcm on hunyuanvideo": (["--sampler", "rcm", "--model", "toyworld-hunyuan-t2v"], "Wan pipelines only"),
     "bad option value": (["--attention", "svg", "--density", "2"], "density"),
     "bad dtype": (["--dtype", "float8"], "invalid choice"),
 }
