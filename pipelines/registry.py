@@ -185,13 +185,16 @@ def _family_of(class_name: str, index: dict) -> str | None:
 
 
 def resolve_model(model: str | os.PathLike | ModelPreset) -> ModelPreset:
-    """A preset from a registry name, a preset, or a diffusers pipeline directory (a directory of a registry preset
-    gives that preset; any other directory a preset with its native settings: ToyWorld directories, recognised by
-    their checksums.json, their recipe's demo size; others Wan 480p defaults). Reads no weights."""
+    """A preset from a registry name or hub id, a preset, or a diffusers pipeline directory (a directory of a registry
+    preset gives that preset; any other directory a preset with its native settings: ToyWorld directories, recognised
+    by their checksums.json, their recipe's demo size; others Wan 480p defaults). Reads no weights."""
     if isinstance(model, ModelPreset):
         return model
     text = os.fspath(model)
     if not os.path.isdir(text):
+        for preset in _HUB:  # a registry checkpoint given by its hub id
+            if preset.source == text:
+                return preset
         if os.sep in text or text.startswith("."):
             raise RegistryError(f"--model {text!r} is neither a known model name nor a directory with a diffusers "
                                 "pipeline.")

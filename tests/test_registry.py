@@ -45,6 +45,7 @@ def test_model_kind_of_dir_reads_model_index_only(tmp_path):
     assert registry.model_kind_of_dir(registry.TOYWORLD_DIR / "hunyuan-t2v") == "t2v"
     assert registry.resolve_model(str(registry.TOYWORLD_DIR / "wan-i2v")).name == "toyworld-wan-i2v"
     assert registry.resolve_model(str(tmp_path / "i2v")).kind == "i2v"
+    assert registry.resolve_model("Wan-AI/Wan2.2-I2V-A14B-Diffusers").name == "wan2.2-i2v-a14b"
 
 
 def test_hub_models_are_found_in_the_local_cache_only(tmp_path, monkeypatch):
