@@ -15,12 +15,13 @@ Inside the stock diffusers pipelines (WanPipeline, WanImageToVideoPipeline, Wan2
 `set_timesteps(n)` runs the call's n steps when rCM can (1 … len(mid_t) + 1, the grid truncated as TurboDiffusion's
 `--num_steps 1-4` does; n = None means the configured `num_steps`) and refuses any larger count (a pipeline default
 such as 50) with one sentence, so the number of transformer calls is always the call's `num_inference_steps`;
-`timesteps` = 1000·t_i (float32) so Wan2.2's expert
-switch `t >= boundary_ratio · num_train_timesteps` sees RF times; `sigmas` = the RF times with the final 0.
+`timesteps` = 1000·t_i (float32), so Wan2.2's expert switch `t >= boundary_ratio · num_train_timesteps` compares RF
+times; `sigmas` = the RF times with the final 0.
 
 Start point: the reference starts from x = t_0·ε. `init_noise_sigma` is t_0 for pipelines that scale their initial
 noise by it; Wan's pipelines do not, so there the first model input is ε itself (a start 1/t_0 larger: 1.25 % at
-σ_max 80). The step treats the sample it is given as the state, so the sampler stays self-consistent.
+σ_max 80). The step treats the sample it is given as the state, so the sampler stays self-consistent; passing
+`latents=scheduler.init_noise_sigma * ε` to the pipeline gives the reference's exact start.
 
 Fresh noise: Wan's pipelines do not pass their generator to `step`. The scheduler therefore owns a `torch.Generator`
 (on the sample's device), re-seeded at the first step of every generation: from `noise_seed` when set, otherwise from
