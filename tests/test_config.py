@@ -35,7 +35,7 @@ def test_flat_overrides_route_to_their_section():
     assert TurboConfig().replace(attention={"method": "sla2", "keep": 0.03}).attention.keep == 0.03
     assert TurboConfig().replace(attention="sla", keep=1).attention.keep == 1.0  # int accepted for a float field
     assert PRESETS["fast"].config.replace(keep=0.05).attention.keep == 0.05  # routes to the current method
-    assert TurboConfig().replace(compile="regional", compile_cudagraphs=True).compile.cudagraphs
+    assert TurboConfig().replace(compile="full", compile_cudagraphs=True).compile.cudagraphs
     assert TurboConfig().replace(compile=True).compile.mode == "regional"
 
 
