@@ -185,8 +185,8 @@ def _control(spec, value, visible: bool):
 
     label = spec.key.replace("_", " ")
     info = spec.help + (f" [{', '.join(spec.methods)}]" if spec.methods else "")
-    common = {"label": label, "visible": visible, "min_width": 220 if spec.type is bool else 150,
-              "elem_classes": ["turbo-option"], "elem_id": f"option-{spec.key}"}
+    common = {"label": label, "visible": visible, "min_width": 200, "scale": 1, "elem_classes": ["turbo-option"],
+              "elem_id": f"option-{spec.key}"}
     if spec.type is bool:
         return gr.Checkbox(value=bool(value), info=info, **common)
     if spec.choices:

@@ -1,5 +1,5 @@
-"""A running turbo app (pipelines.app.serve) on a free loopback port with the shipped ToyWorld models, shared by the
-API and browser tests of this folder; helpers to decode and judge its videos."""
+"""A running turbo app (pipelines.app.serve) on a free loopback port with the shipped ToyWorld models, one per test
+module; helpers to decode videos and render first frames."""
 
 import socket
 
@@ -42,14 +42,15 @@ def first_frame_png(prompt: str, path) -> str:
     return str(path)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def app_server():
+    """One server per test module, closed when the module is done (no server outlives the app tests)."""
     server = start_server(queue_size=8)
     yield server
     server.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def client(app_server):
     from gradio_client import Client
 
