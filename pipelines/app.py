@@ -152,6 +152,10 @@ class _Generator:
         config, preset_name = app_panel.panel_config(form.get("preset") or app_panel.DEFAULT, values,
                                                      allow_untuned=bool(form.get("allow_untuned")),
                                                      all_specs=self.specs, base=self.filled_from(form))
+        steps, guidance = _number(form.get("steps"), "steps"), _number(form.get("guidance"), "guidance", float)
+        request = options.fit_request(request, config,  # e.g. the rCM sampler's own steps, guidance 1
+                                      steps_given=steps is not None and steps != preset.steps,
+                                      guidance_given=guidance is not None and guidance != preset.guidance)
         label = "unaccelerated"
         if config is not None:
             from turbo.eval.harness import describe_config

@@ -65,6 +65,7 @@ def test_models_load_once_and_configs_switch_by_accelerate_restore(app_server):
     ({"steps": 0}, "at least 1"),
     ({"preset": "fast"}, "fine-tuned"),
     ({"quant": "fp8"}, "not implemented"),
+    ({"sampler": "rcm", "steps": 9}, "rCM sampler runs 1 to"),
 ])
 def test_bad_input_is_a_clear_error_and_the_server_keeps_serving(client, bad, words):
     from gradio_client.exceptions import AppError
@@ -121,3 +122,9 @@ def test_an_upload_over_the_size_limit_is_refused(client, tmp_path):
     with pytest.raises(Exception) as error:
         client.predict(prompt=PROMPT_I2V, image=handle_file(str(big)), **TINY, api_name="/image_to_video")
     assert "exceeds the maximum file size" in str(error.value), error.value
+
+
+def test_the_rcm_sampler_runs_its_own_steps_when_steps_are_left_alone(client):
+    _, _, summary, details = client.predict(prompt=PROMPT_T2V, sampler="rcm", height=64, width=64, frames=5,
+                                            api_name="/text_to_video")
+    assert details["result"]["steps"] == 4 and details["result"]["config"].endswith("sampler=rcm"), details
