@@ -240,7 +240,7 @@ def _eval_config(name: str, overrides: dict, role: str, allow_untuned: bool):
         config, _ = options.validate_acceleration(base, overrides, allow_untuned)
     except turbo.TurboError as error:
         raise RequestError(f"--{role} {name}: {error}") from None
-    return base if not overrides else config
+    return (base if not overrides else config), config
 
 
 def cmd_eval(args) -> int:
@@ -254,8 +254,12 @@ def cmd_eval(args) -> int:
     if args.json:
         options.check_output(args.json)
     request = _request(args, image_required=False, names=[*_SIZE_ARGUMENTS, "seed"])
-    reference = _eval_config(args.reference, {}, "reference", args.allow_untuned)
-    candidate = _eval_config(args.candidate, options.acceleration_overrides(args), "candidate", args.allow_untuned)
+    reference, reference_config = _eval_config(args.reference, {}, "reference", args.allow_untuned)
+    candidate, candidate_config = _eval_config(args.candidate, options.acceleration_overrides(args), "candidate",
+                                               args.allow_untuned)
+    for config in (reference_config, candidate_config):  # one call setting serves both: fit it to each (rCM steps)
+        request = options.fit_request(request, config, steps_given=args.steps is not None,
+                                      guidance_given=args.guidance is not None)
     pipe = registry.load_pipeline(request.model, request.device, request.torch_dtype())
     kwargs = request.call_kwargs()
     kwargs.pop("prompt", None)
