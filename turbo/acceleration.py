@@ -17,6 +17,7 @@ from .adapters import METHOD_ATTR, ModelAdapter, adapter_for, find_transformers
 from .adapters.step_hook import install_step_hook, remove_step_hook
 from .attention.parts import save_attention_parts  # noqa: F401  (re-exported as turbo.save_attention_parts)
 from .capabilities import Capabilities, detect
+from .recipe import find_recipe
 from .config import PRESETS, TurboConfig, resolve_config
 from .errors import TurboError
 from .registry import features
@@ -73,8 +74,9 @@ def accelerate(pipe, config: TurboConfig | str | dict | None = None, *, allow_un
     Args:
         pipe: `WanPipeline`, `WanImageToVideoPipeline`, a Wan2.2 pipeline with `transformer_2`, `HunyuanVideoPipeline`,
             or a `WanTransformer3DModel` / `HunyuanVideoTransformer3DModel`.
-        config: a `TurboConfig`, a preset name ("quality", "balanced", "fast", "max"), a dict, or None for
-            `default_config()`.
+        config: a `TurboConfig`, a preset name ("quality", "balanced", "fast", "max"), a dict, or None: the recipe
+            saved beside the transformers' weights (`turbo_config.json`, written by `turbo convert` and the
+            distillation export) if there is one, else `default_config()`.
         allow_untuned: run a method that needs turbo-fine-tuned weights (sla, sla2) on a transformer without them.
         **overrides: section replacements (`attention="sla"`, `compile="regional"`, `compile=True`) or flat options
             (`keep=0.05`, `dense_steps=10`); `turbo.option_specs()` lists them.
@@ -88,7 +90,8 @@ def accelerate(pipe, config: TurboConfig | str | dict | None = None, *, allow_un
         hasattr(site.module, METHOD_ATTR) for t in targets for site in t.adapter.self_attention_sites(t.model)
     ):
         raise TurboError("this pipeline is already accelerated by turbo; call turbo.restore(pipe) first.")
-    config, preset = resolve_config(config, default_config(), **overrides)
+    recipe = find_recipe([t.model for t in targets]) if config is None else None
+    config, preset = resolve_config(config, recipe[0] if recipe else default_config(), **overrides)
     config.check_built()
     attention = config.attention
     context = InstallContext(pipe, targets, config, TurboRuntime(attention.dense_steps, attention.dense_layers),
@@ -117,7 +120,8 @@ def accelerate(pipe, config: TurboConfig | str | dict | None = None, *, allow_un
             "attention); the Triton kernels need a CUDA GPU."
         )
     report = TurboReport(config, preset, context.capabilities.gpu or "CPU", context.transformer_reports,
-                         context.runtime, context.warnings, context, installed)
+                         context.runtime, context.warnings, context, installed,
+                         recipe=None if recipe is None else str(recipe[1]))
     setattr(pipe, REPORT_ATTR, report)
     for message in context.warnings:
         logger.warning(message)

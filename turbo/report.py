@@ -33,6 +33,7 @@ class TurboReport:
     # what `turbo.restore` needs: the install context and (feature, undo token) pairs, in install order
     context: Any = field(default=None, repr=False)
     installed: list = field(default_factory=list, repr=False)
+    recipe: str | None = None  # the model's turbo_config.json the config started from, if any
 
     @property
     def processors_installed(self) -> int:
@@ -43,7 +44,8 @@ class TurboReport:
         return [(t.component, t.model) for t in self.context.targets]
 
     def __str__(self) -> str:
-        name = f"preset '{self.preset}'" if self.preset else "custom config"
+        name = f"preset '{self.preset}'" if self.preset else (f"recipe {self.recipe}" if self.recipe
+                                                               else "custom config")
         lines = [f"turbo: {name} on {self.machine}"]
         registered = features()
         sections = self.config.sections

@@ -20,6 +20,10 @@ class SLAOptions(BlockOptions):
     keep: float = option(0.1, "fraction of key blocks computed exactly", range=(0.0, 1.0), open_low=True)
     negligible: float = option(0.0, "fraction of lowest-scored key blocks dropped from the linear branch",
                                range=(0.0, 1.0))
+    linear: str = option("complement", "linear branch over: complement = the non-selected key blocks (SLA paper); "
+                         "all = every key (TurboDiffusion's released checkpoints)", choices=("complement", "all"))
+    topk_rule: str = option("round", "key blocks kept per row: round(keep × blocks), or floor as TurboDiffusion's "
+                            "int(keep × blocks) (at least 1 either way)", choices=("round", "floor"))
 
     def validate(self) -> None:
         super().validate()
