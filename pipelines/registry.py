@@ -30,6 +30,7 @@ __all__ = [
     "load_pipeline",
     "model_kind_of_dir",
     "resolve_model",
+    "turbo_home",
 ]
 
 DEFAULT_MODEL = "toyworld-wan-t2v"
@@ -47,8 +48,11 @@ class ModelPreset:
 
     ``kind`` is "t2v" or "i2v"; ``family`` "wan", "wan22" or "hunyuanvideo" (None for an unrecognised directory);
     ``source`` a local directory or a Hugging Face hub id; ``guidance`` None leaves the pipeline's own default;
-    ``recommended`` the turbo preset that suits the weights (None = turbo's default config); ``needs`` one line on GPU
-    memory and fine-tuned parts; ``toyworld`` marks the project's own ToyWorld pipelines (checksums, judge-readable).
+    ``recommended`` the turbo preset that suits the weights (None = turbo's default config, or the converted
+    transformer's recipe); ``needs`` one line on GPU memory and fine-tuned parts; ``toyworld`` marks the project's own
+    ToyWorld pipelines (checksums, judge-readable); ``converted`` names the directory under `turbo_home()` where
+    `turbo convert` puts a TurboDiffusion / rCM transformer that replaces the one of ``source`` (its VAE and text
+    encoder are used as they are), ``native`` where to download that checkpoint.
     """
 
     name: str
@@ -64,6 +68,8 @@ class ModelPreset:
     recommended: str | None
     needs: str
     toyworld: bool = False
+    converted: str | None = None  # directory under turbo_home() holding the `turbo convert`ed transformer(s)
+    native: str | None = None  # where the native checkpoint comes from (TurboDiffusion / rCM releases)
 
     @property
     def is_local(self) -> bool:
@@ -111,6 +117,44 @@ _HUB = (
 )
 
 
+# TurboDiffusion's released few-step checkpoints (native Wan layout, .pth): `turbo convert FILE` writes the diffusers
+# transformer (+ SLA parts + recipe: rCM 4 steps, SLA top-k 0.1 in TurboDiffusion's form) to turbo_home()/<name>; the
+# base pipeline provides VAE, text encoder and scheduler config. Native sizes and steps from TurboDiffusion's README
+# and inference scripts (guidance is distilled in: 1).
+_TD = "https://huggingface.co/TurboDiffusion"
+_TURBOWAN_NEEDS = ("few-step TurboDiffusion checkpoint: convert it once with `turbo convert` (runs on its recipe: "
+                   "rCM sampler, SLA top-k 0.1)")
+_TURBOWAN = (
+    ModelPreset("turbowan2.1-t2v-1.3b-480p", "TurboWan2.1 T2V 1.3B 480p (4 steps, TurboDiffusion)", "t2v", "wan",
+                "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", 480, 832, 81, 4, 1.0, None,
+                f"GPU with about 24 GB in bf16; {_TURBOWAN_NEEDS}", converted="turbowan2.1-t2v-1.3b-480p",
+                native=f"{_TD}/TurboWan2.1-T2V-1.3B-480P (TurboWan2.1-T2V-1.3B-480P.pth)"),
+    ModelPreset("turbowan2.1-t2v-14b-480p", "TurboWan2.1 T2V 14B 480p (4 steps, TurboDiffusion)", "t2v", "wan",
+                "Wan-AI/Wan2.1-T2V-14B-Diffusers", 480, 832, 81, 4, 1.0, None,
+                f"GPU with about 48 GB in bf16; {_TURBOWAN_NEEDS}", converted="turbowan2.1-t2v-14b-480p",
+                native=f"{_TD}/TurboWan2.1-T2V-14B-480P (TurboWan2.1-T2V-14B-480P.pth)"),
+    ModelPreset("turbowan2.1-t2v-14b-720p", "TurboWan2.1 T2V 14B 720p (4 steps, TurboDiffusion)", "t2v", "wan",
+                "Wan-AI/Wan2.1-T2V-14B-Diffusers", 720, 1280, 81, 4, 1.0, None,
+                f"GPU with about 48 GB in bf16; {_TURBOWAN_NEEDS}", converted="turbowan2.1-t2v-14b-720p",
+                native=f"{_TD}/TurboWan2.1-T2V-14B-720P (TurboWan2.1-T2V-14B-720P.pth)"),
+    ModelPreset("turbowan2.2-i2v-a14b-720p", "TurboWan2.2 I2V A14B 720p (two experts, 4 steps, TurboDiffusion)",
+                "i2v", "wan22", "Wan-AI/Wan2.2-I2V-A14B-Diffusers", 720, 1280, 81, 4, 1.0, None,
+                f"GPU with about 48 GB in bf16 plus CPU offload (two 14B experts); {_TURBOWAN_NEEDS} "
+                "(--low-noise for the second expert)", converted="turbowan2.2-i2v-a14b-720p",
+                native=f"{_TD}/TurboWan2.2-I2V-A14B-720P (TurboWan2.2-I2V-A14B-high-720P.pth and -low-720P.pth)"),
+)
+
+
+def turbo_home() -> Path:
+    """Where turbo keeps converted models: $TURBO_HOME, else ~/.cache/turbo."""
+    return Path(os.environ.get("TURBO_HOME") or Path.home() / ".cache" / "turbo")
+
+
+def converted_dir(preset: ModelPreset) -> Path | None:
+    """The directory of `preset`'s converted transformer(s), or None for presets without one."""
+    return None if preset.converted is None else turbo_home() / preset.converted
+
+
 def _recipe_sizes(directory: Path) -> dict:
     recipe = directory / "toyworld_recipe.json"
     if not recipe.is_file():
@@ -140,7 +184,7 @@ def list_models() -> list[ModelPreset]:
     checkpoints by hub id."""
     toyworld = [_toyworld_preset(name, TOYWORLD_DIR / sub, title, kind, family)
                 for name, sub, title, kind, family in _TOYWORLD]
-    return toyworld + list(_HUB)
+    return toyworld + list(_HUB) + list(_TURBOWAN)
 
 
 def get_model(name: str) -> ModelPreset:
@@ -192,7 +236,7 @@ def resolve_model(model: str | os.PathLike | ModelPreset) -> ModelPreset:
         return model
     text = os.fspath(model)
     if not os.path.isdir(text):
-        for preset in _HUB:  # a registry checkpoint given by its hub id
+        for preset in _HUB:  # a registry checkpoint given by its hub id (the stock one, not a converted variant)
             if preset.source == text:
                 return preset
         if os.sep in text or text.startswith("."):
@@ -233,6 +277,10 @@ def _hub_snapshot(repo_id: str) -> Path | None:
 def is_available(preset: ModelPreset) -> bool:
     """Whether `preset` can load on this machine without a network: its directory holds a pipeline, or its hub id is
     in the local Hugging Face cache with every component folder named by model_index.json."""
+    converted = converted_dir(preset)
+    if converted is not None and not (converted / "config.json").is_file() and not (
+            converted / "transformer" / "config.json").is_file():
+        return False
     if preset.is_local:
         return _model_index(preset.source) is not None
     snapshot = _hub_snapshot(preset.source)
@@ -250,6 +298,11 @@ def how_to_get(preset: ModelPreset) -> str:
                 "repository (the weights are plain files, no download).")
     if preset.is_local:
         return f"{preset.source} must be a directory holding a diffusers pipeline (model_index.json)."
+    if preset.converted is not None:
+        second = " --low-noise LOW_FILE" if preset.family == "wan22" else ""
+        return (f"download {preset.native}, run `turbo convert FILE{second} --out {converted_dir(preset)}`, and have "
+                f"{preset.source} in the Hugging Face cache (`hf download {preset.source}`; its VAE and text encoder "
+                "are used).")
     return (f"download {preset.source} once with network access (`hf download {preset.source}`) into the Hugging Face "
             "cache, which turbo then reads offline.")
 
@@ -278,7 +331,32 @@ def load_pipeline(preset_or_dir: ModelPreset | str | os.PathLike, device: str = 
         return load_toyworld(preset.source, dtype=dtype).to(device)
     from diffusers import DiffusionPipeline
 
-    return DiffusionPipeline.from_pretrained(preset.source, torch_dtype=dtype).to(device)
+    return DiffusionPipeline.from_pretrained(preset.source, torch_dtype=dtype,
+                                             **converted_transformers(preset, dtype)).to(device)
+
+
+def converted_transformers(preset: ModelPreset, dtype) -> dict[str, Any]:
+    """`transformer` (and `transformer_2` for two experts) loaded from `preset`'s converted directory, as keyword
+    arguments for `from_pretrained` of its base pipeline; {} for presets without one."""
+    directory = converted_dir(preset)
+    if directory is None:
+        return {}
+    return load_transformers(directory, dtype)
+
+
+def load_transformers(directory: str | os.PathLike, dtype) -> dict[str, Any]:
+    """The transformer(s) of a `turbo convert` output: the directory itself (one transformer) or its `transformer/`
+    and `transformer_2/` folders (two experts). `RegistryError` when it holds neither."""
+    from diffusers import WanTransformer3DModel
+
+    directory = Path(directory)
+    if (directory / "config.json").is_file():
+        return {"transformer": WanTransformer3DModel.from_pretrained(directory, torch_dtype=dtype)}
+    found = {name: WanTransformer3DModel.from_pretrained(directory / name, torch_dtype=dtype)
+             for name in ("transformer", "transformer_2") if (directory / name / "config.json").is_file()}
+    if not found:
+        raise RegistryError(f"{directory} holds no converted transformer (config.json); make it with `turbo convert`.")
+    return found
 
 
 # ------------------------------------------------------------------------------------------------------ call settings

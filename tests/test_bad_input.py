@@ -35,7 +35,7 @@ def test_accelerating_twice_is_an_error_until_restored(pipe):
     "kwargs, error, words",
     [
         ({"cache": "tdc"}, turbo.NotImplementedMethodError, "Temporal Delta Cache"),
-        ({"quant": "fp8"}, turbo.NotImplementedMethodError, "FP8"),
+        ({"quant": "int8"}, turbo.NotImplementedMethodError, "INT8"),
         ({"attention": "sla", "backend": "triton"}, turbo.TurboConfigError, "backend='auto'"),
         ({"attention": "sla", "keep": 0.0}, turbo.TurboConfigError, "(0, 1]"),
         ({"config": "ludicrous"}, turbo.TurboConfigError, "unknown preset"),

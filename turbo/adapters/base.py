@@ -57,6 +57,11 @@ class ModelAdapter:
         names = set(getattr(model, "_repeated_blocks", None) or ())
         return [m for m in model.modules() if type(m).__name__ in names]
 
+    def denoising_blocks(self, model: nn.Module) -> list[nn.Module]:
+        """The main transformer blocks over the video tokens (what quantisation and caching act on); by default the
+        repeated blocks."""
+        return self.repeated_blocks(model)
+
 
 class TurboProcessorMixin:
     """Shared core of turbo's attention processors: route one self-attention call to dense warm-up or the method

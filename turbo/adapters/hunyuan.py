@@ -76,6 +76,11 @@ class HunyuanVideoAdapter(ModelAdapter):
     family = "hunyuanvideo"
     class_names = ("HunyuanVideoTransformer3DModel",)
 
+    def denoising_blocks(self, model):
+        """The dual- and single-stream blocks (not the patch embedding or the token refiner, which are also repeated
+        blocks for compilation)."""
+        return [*find_module_list(model, "transformer_blocks"), *find_module_list(model, "single_transformer_blocks")]
+
     def self_attention_sites(self, model):
         dual = find_module_list(model, "transformer_blocks")
         single = find_module_list(model, "single_transformer_blocks")

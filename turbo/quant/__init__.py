@@ -1,37 +1,114 @@
-"""Linear-layer quantisation (W8A8 FP8/INT8, NVFP4/INT8 mixed precision).
+"""Linear-layer quantisation of the transformer blocks (W8A8 FP8 built; INT8 and NVFP4/INT8 mixed not yet).
 
-Not built yet: the `quant` section's modes are in the schema (and the CLI) and raise `NotImplementedMethodError`
-naming themselves at `accelerate()` time."""
+`turbo.accelerate(pipe, quant="fp8")` swaps every `nn.Linear` inside the repeated transformer blocks (attention
+q/k/v/out, cross-attention, feed-forward) for `FP8Linear` (turbo/quant/fp8.py: e4m3 weights per output channel,
+activations per token, cuBLASLt FP8 GEMM on GPUs with FP8 tensor cores). Embeddings, time/text projections, the
+final head, modulation linears and turbo's own attention parts stay in their dtype. The original linears are kept
+on the CPU while quantised (the GPU holds only the FP8 weights) and `turbo.restore` puts them back exactly.
+On a CPU the same numerics run simulated (for accuracy studies; not faster). `int8` and `nvfp4-mixed` raise
+`NotImplementedMethodError` naming themselves."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
+import torch
+from torch import nn
+
 from ..config import option, validate_options
-from ..registry import NotBuiltFeature, register_feature
+from ..errors import NotImplementedMethodError, TurboConfigError
+from ..registry import Feature, register_feature
 
 QUANT_MODES = ("off", "fp8", "int8", "nvfp4-mixed")
+NOT_BUILT = {"int8": "W8A8 INT8 linear quantisation", "nvfp4-mixed": "NVFP4/INT8 mixed-precision quantisation"}
+SKIPPED_NAMES = ("norm", "turbo_attention")  # modulation linears (one token per sample) and turbo's own parts
+logger = logging.getLogger("turbo")
 
 
 @dataclass(frozen=True)
 class QuantConfig:
     """Linear-layer quantisation."""
 
-    mode: str = option("off", "linear-layer quantisation", choices=QUANT_MODES)
+    mode: str = option("off", "linear-layer quantisation of the transformer blocks (fp8 = W8A8 e4m3, per-channel "
+                       "weights, per-token activations)", choices=QUANT_MODES)
+    fast_accum: bool = option(False, "fp8: cuBLASLt fast accumulation (faster on Hopper, less exact sums)")
 
     def __post_init__(self):
         validate_options(self, "quant")
 
 
-class QuantFeature(NotBuiltFeature):
+def block_linears(blocks: list[nn.Module]) -> list[tuple[nn.Module, str, nn.Linear]]:
+    """(parent, attribute, linear) for every `nn.Linear` inside `blocks` that gets quantised."""
+    found = []
+    for block in blocks:
+        for name, module in block.named_modules():
+            if not isinstance(module, nn.Linear) or any(part in name for part in SKIPPED_NAMES):
+                continue
+            parent_name, _, attr = name.rpartition(".")
+            found.append((block.get_submodule(parent_name) if parent_name else block, attr, module))
+    return found
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+class QuantFeature(Feature):
     name = "quant"
     config_cls = QuantConfig
     order = 20
-    messages = {
-        "fp8": "W8A8 FP8 linear quantisation",
-        "int8": "W8A8 INT8 linear quantisation",
-        "nvfp4-mixed": "NVFP4/INT8 mixed-precision quantisation",
-    }
+
+    def check_config(self, section: QuantConfig) -> None:
+        if section.mode in NOT_BUILT:
+            raise NotImplementedMethodError(
+                f"quant.mode='{section.mode}': {NOT_BUILT[section.mode]} is not implemented yet; choose quant='fp8' "
+                "or quant='off'."
+            )
+
+    def check(self, context, section: QuantConfig) -> None:
+        devices = {_device_of(t.model) for t in context.targets}
+        gpus = [d for d in devices if d.type == "cuda"]
+        for device in gpus:
+            capability = torch.cuda.get_device_capability(device)
+            if capability < (8, 9):
+                raise TurboConfigError(
+                    f"quant='fp8' needs a GPU with FP8 tensor cores (compute capability 8.9 or newer: Ada, Hopper, "
+                    f"Blackwell); {torch.cuda.get_device_name(device)} is sm_{capability[0]}{capability[1]}."
+                )
+        if len(gpus) < len(devices):
+            context.warnings.append("quant='fp8' on the CPU runs simulated FP8 numerics (for accuracy studies): "
+                                    "slower than the original linears.")
+
+    def install(self, context, section: QuantConfig) -> list:
+        from .fp8 import FP8Linear
+
+        swapped = []  # (parent, attribute, original linear, its device)
+        try:
+            for target in context.targets:
+                device = _device_of(target.model)
+                use_gemm = device.type == "cuda"
+                for parent, attr, linear in block_linears(target.adapter.denoising_blocks(target.model)):
+                    quantised = FP8Linear(linear, use_gemm, section.fast_accum)
+                    setattr(parent, attr, quantised)
+                    swapped.append((parent, attr, linear, linear.weight.device))
+                    linear.to("cpu")  # in place: the GPU keeps only the FP8 copy; restore moves it back
+        except BaseException:
+            self.undo(context, swapped)
+            raise
+        if swapped:
+            logger.info("turbo: %d linear layers quantised to FP8", len(swapped))
+        return swapped
+
+    def undo(self, context, token: list) -> None:
+        for parent, attr, linear, device in reversed(token):
+            linear.to(device)
+            setattr(parent, attr, linear)
+
+    def describe(self, section: QuantConfig) -> str:
+        extra = ", fast accumulation" if section.fast_accum else ""
+        return f"{section.mode}: W8A8 e4m3 linears in the transformer blocks (per-channel weights, per-token " \
+               f"activations{extra})"
 
 
 register_feature(QuantFeature())

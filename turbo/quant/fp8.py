@@ -1,0 +1,95 @@
+"""W8A8 FP8 linear layers: e4m3 weights with one scale per output channel, activations quantised per token at run time.
+
+Numerics (the spec; `fp8_linear_reference` is the oracle and the CPU path):
+- weight W [N, K]: s_w[n] = max(amax(|W[n, :]|), 1e-12) / 448; W_q = e4m3(W / s_w) (round to nearest even, the
+  ratio is within ±448 by construction);
+- activation rows x [M, K] (every token separately): s_x[m] = max(amax(|x[m, :]|), 1e-12) / 448;
+  x_q = e4m3(clamp(x / s_x, ±448));
+- y[m, n] = s_x[m] · s_w[n] · Σ_k x_q[m, k] · W_q[n, k] (fp32 accumulation) + b[n], in the input's dtype.
+
+On CUDA GPUs with FP8 tensor cores (compute capability ≥ 8.9) the product is `torch._scaled_mm` with row-wise scales
+(cuBLASLt FP8 GEMM, scales applied in its epilogue); the activation quantisation is three element-wise torch ops that
+`torch.compile` fuses into the producer of x (norm / modulation), so compiled blocks pay no extra pass."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = 448.0
+TINY = 1e-12
+
+
+def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
+    """x [M, K] (any float dtype) -> (x_q [M, K] float8_e4m3fn, scale [M, 1] fp32) with x ≈ x_q · scale row-wise."""
+    amax = x.abs().amax(dim=-1, keepdim=True).to(torch.float32)
+    scale = amax.clamp(min=TINY) / FP8_MAX
+    q = (x.to(torch.float32) / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    return q, scale
+
+
+def quantize_weight(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """weight [N, K] -> (W_q [N, K] float8_e4m3fn, scale [N] fp32), one scale per output channel."""
+    q, scale = quantize_rows(weight.detach())
+    return q, scale.reshape(-1)
+
+
+def fp8_linear_reference(x: Tensor, weight_q: Tensor, weight_scale: Tensor, bias: Tensor | None) -> Tensor:
+    """The FP8 W8A8 linear in plain PyTorch (any device): x [..., K] -> [..., N] in x.dtype, with x quantised per row
+    exactly as the GPU path does and an fp32 product of the dequantised operands."""
+    shape = x.shape
+    rows = x.reshape(-1, shape[-1])
+    x_q, x_scale = quantize_rows(rows)
+    w = weight_q.to(torch.float32) * weight_scale[:, None]
+    out = F.linear(x_q.to(torch.float32) * x_scale, w)
+    if bias is not None:
+        out = out + bias.to(torch.float32)
+    return out.to(x.dtype).reshape(*shape[:-1], weight_q.shape[0])
+
+
+def fp8_linear(x: Tensor, weight_q: Tensor, weight_scale: Tensor, bias: Tensor | None,
+               fast_accum: bool = False) -> Tensor:
+    """The FP8 W8A8 linear on a CUDA GPU with FP8 tensor cores: same signature and numerics as
+    `fp8_linear_reference` (up to accumulation order; `fast_accum` trades Hopper's exact fp32 accumulation for speed).
+    Needs K and N multiples of 16."""
+    shape = x.shape
+    rows = x.reshape(-1, shape[-1])
+    x_q, x_scale = quantize_rows(rows)
+    out = torch._scaled_mm(x_q, weight_q.t(), scale_a=x_scale, scale_b=weight_scale[None, :], bias=None,
+                           out_dtype=x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16,
+                           use_fast_accum=fast_accum)
+    if bias is not None:
+        out = out + bias.to(out.dtype)
+    return out.to(x.dtype).reshape(*shape[:-1], weight_q.shape[0])
+
+
+def gemm_ready(features: tuple[int, int]) -> bool:
+    """Whether cuBLASLt's FP8 GEMM takes a [N, K] weight (both multiples of 16)."""
+    return all(f % 16 == 0 for f in features)
+
+
+class FP8Linear(nn.Module):
+    """Drop-in for `nn.Linear` with FP8 W8A8 numerics. Buffers: `weight_q` [N, K] float8_e4m3fn, `weight_scale` [N]
+    fp32, `bias` [N] (the original dtype) or None. `use_gemm` (fixed at construction: a CUDA GPU with FP8 tensor cores
+    and GEMM-compatible shapes) picks `fp8_linear`, else `fp8_linear_reference`."""
+
+    def __init__(self, linear: nn.Linear, use_gemm: bool, fast_accum: bool = False):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        q, scale = quantize_weight(linear.weight)
+        self.register_buffer("weight_q", q)
+        self.register_buffer("weight_scale", scale)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+        self.use_gemm = use_gemm and gemm_ready((self.out_features, self.in_features))
+        self.fast_accum = fast_accum
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.use_gemm:
+            return fp8_linear(x, self.weight_q, self.weight_scale, self.bias, self.fast_accum)
+        return fp8_linear_reference(x, self.weight_q, self.weight_scale, self.bias)
+
+    def extra_repr(self) -> str:
+        path = "fp8 GEMM" if self.use_gemm else "simulated"
+        return f"in_features={self.in_features}, out_features={self.out_features}, {path}"
