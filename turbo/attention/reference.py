@@ -46,11 +46,22 @@ def num_blocks(length: int, block: int) -> int:
     return -(-length // block)
 
 
-def kept_blocks(keep: float, total: int) -> int:
-    """Key blocks kept per query-block row for a keep fraction: round(keep * total), at least 1, at most total.
+TOPK_RULES = ("round", "floor")
 
-    Python's round() (half to even) is the definition; every caller must use this function, not its own rounding."""
-    return max(1, min(total, round(keep * total)))
+
+def kept_blocks(keep: float, total: int, rule: str = "round") -> int:
+    """Key blocks kept per query-block row for a keep fraction, at least 1, at most total.
+
+    rule "round": round(keep * total) (Python's round, half to even; the SLA paper form). rule "floor":
+    int(keep * total), TurboDiffusion's released SLA (its own code can yield 0 blocks, i.e. NaN rows; turbo clamps to
+    1 here as well). This function is the one definition of the count: every caller must use it."""
+    if rule == "round":
+        count = round(keep * total)
+    elif rule == "floor":
+        count = int(keep * total)
+    else:
+        raise ValueError(f"top-k rule must be one of {TOPK_RULES}, got {rule!r}")
+    return max(1, min(total, count))
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -132,9 +143,10 @@ def block_scores(
     return pooled_q @ pooled_k.transpose(-1, -2)
 
 
-def topk_block_mask(scores: Tensor, keep: float) -> Tensor:
-    """bool [B, H, nq, nk]: per row, True at the kept_blocks(keep, nk) highest scores (ties broken by torch.topk)."""
-    top = scores.detach().topk(kept_blocks(keep, scores.shape[-1]), dim=-1).indices
+def topk_block_mask(scores: Tensor, keep: float, rule: str = "round") -> Tensor:
+    """bool [B, H, nq, nk]: per row, True at the kept_blocks(keep, nk, rule) highest scores (ties broken by
+    torch.topk)."""
+    top = scores.detach().topk(kept_blocks(keep, scores.shape[-1], rule), dim=-1).indices
     return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device).scatter_(-1, top, True)
 
 
@@ -387,6 +399,28 @@ def complement_linear_attention(
     return _tokens_first(out, dtype)
 
 
+ALL_LINEAR_EPS = 1e-5
+
+
+def _all_linear(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """all_linear_attention on [B, H, S, D] compute-dtype tensors -> [B, H, Sq, Dv]."""
+    phi_q, phi_k = linear_feature_map(q), linear_feature_map(k)
+    kv_sum = phi_k.transpose(-1, -2) @ v  # [B, H, D, Dv]
+    k_sum = phi_k.sum(2)  # [B, H, D]
+    return (phi_q @ kv_sum) / (ALL_LINEAR_EPS + phi_q @ k_sum[..., None])
+
+
+def all_linear_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """TurboDiffusion's SLA linear branch: linear attention of every query over ALL keys (phi = linear_feature_map).
+
+    q [B, Sq, H, D], k / v [B, Sk, H, D] -> fp32 [B, Sq, H, Dv] (fp64 for fp64 inputs):
+    out = phi(Q) (Σ_all phi(K)ᵀ V) / (1e-5 + phi(Q) · Σ_all phi(K)). The 1e-5 is part of the trained checkpoints'
+    math (it barely matters: the denominator is a sum of positive terms of order Sk / D)."""
+    dtype = _compute_dtype(q.dtype)
+    out = _all_linear(_heads_first(q, dtype), _heads_first(k, dtype), _heads_first(v, dtype))
+    return _tokens_first(out, dtype)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # SLA and SLA2
 # ----------------------------------------------------------------------------------------------------------------
@@ -407,6 +441,9 @@ def _negligible_blocks(scores: Tensor, critical: Tensor, fraction: float) -> Ten
     return negligible.scatter_(-1, lowest, True) & ~critical
 
 
+LINEAR_FORMS = ("complement", "all")
+
+
 def sla_attention(
     q: Tensor,
     k: Tensor,
@@ -420,17 +457,27 @@ def sla_attention(
     tail_k: Tensor | None = None,
     tail_v: Tensor | None = None,
     tail_mask: Tensor | None = None,
+    linear: str = "complement",
+    topk_rule: str = "round",
 ) -> Tensor:
-    """SLA (paper form): out = O^s + proj(O^l). q, k, v [B, S, H, D] -> q.dtype [B, S, H, D].
+    """SLA: out = O^s + proj(O^l). q, k, v [B, S, H, D] -> q.dtype [B, S, H, D].
 
-    Critical blocks = topk_block_mask(block_scores(q, k), keep); O^s = block-sparse softmax attention over them plus
-    the tail keys; O^l = complement linear attention over the marginal blocks (all non-critical ones minus, if
-    negligible > 0, the lowest-scored round(negligible * nk) of each row), video keys only. proj (callable on the
-    last dim, e.g. nn.Linear(D, D)) None = no linear branch. Rows whose query block has no marginal block get no
-    linear term at all (not even proj's bias), so keep=1.0 is dense attention for any proj. Differentiable."""
+    Critical blocks = topk_block_mask(block_scores(q, k), keep, topk_rule); O^s = block-sparse softmax attention over
+    them plus the tail keys. proj (callable on the last dim, e.g. nn.Linear(D, D)) None = no linear branch. O^l is
+    over the video keys only (never the tail), and depends on `linear`:
+    - "complement" (the SLA paper): complement linear attention over the marginal blocks (all non-critical ones
+      minus, if negligible > 0, the lowest-scored round(negligible * nk) of each row). Rows whose query block has no
+      marginal block get no linear term at all (not even proj's bias), so keep=1.0 is dense attention for any proj.
+    - "all" (TurboDiffusion's released checkpoints): all_linear_attention over every key, with its 1e-5 eps, and
+      proj(O^l) is added to every row (keep=1.0 is then NOT dense attention). negligible must be 0.
+    Differentiable."""
+    if linear not in LINEAR_FORMS:
+        raise ValueError(f"linear must be one of {LINEAR_FORMS}, got {linear!r}")
+    if linear == "all" and negligible > 0:
+        raise ValueError("negligible > 0 needs linear='complement': linear='all' sums over every key")
     dtype = _compute_dtype(q.dtype)
     scores = block_scores(q, k, block_q, block_k)
-    critical = topk_block_mask(scores, keep)
+    critical = topk_block_mask(scores, keep, topk_rule)
     qh, kh, vh = _heads_first(q, dtype), _heads_first(k, dtype), _heads_first(v, dtype)
     sparse, _ = _block_sparse(
         qh, kh, vh, critical, block_q, block_k, _default_scale(scale, q.shape[-1]), tail_k, tail_v, tail_mask
@@ -438,10 +485,12 @@ def sla_attention(
     out = _tokens_first(sparse, dtype)
     if proj is None:
         return out.to(q.dtype)
+    if linear == "all":
+        return (out + proj(_tokens_first(_all_linear(qh, kh, vh), dtype))).to(q.dtype)
     marginal = ~critical & ~_negligible_blocks(scores, critical, negligible)
-    linear = _tokens_first(_complement_linear(qh, kh, vh, marginal, block_q, block_k), dtype)
+    linear_out = _tokens_first(_complement_linear(qh, kh, vh, marginal, block_q, block_k), dtype)
     has_marginal = _rows_of_blocks(marginal.any(-1), q.shape[1], block_q)  # [B, H, S]
-    out = out + torch.where(has_marginal.transpose(1, 2)[..., None], proj(linear), 0.0)
+    out = out + torch.where(has_marginal.transpose(1, 2)[..., None], proj(linear_out), 0.0)
     return out.to(q.dtype)
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from .router import block_pool
-from .sla_forward import sla_forward, sla_linear_states
+from .sla_forward import sla_forward, sla_global_linear_state, sla_linear_states
 
 
 @torch.library.custom_op("turbo::block_pool", mutates_args=())
@@ -26,20 +26,25 @@ def _(x, block):
 def sla_forward_op(
     q: Tensor, k: Tensor, v: Tensor, lut: Tensor, count: Tensor, proj_weight: Tensor | None,
     proj_bias: Tensor | None, block_q: int, block_k: int, scale: float, tail_k: Tensor | None = None,
-    tail_v: Tensor | None = None, tail_mask: Tensor | None = None,
+    tail_v: Tensor | None = None, tail_mask: Tensor | None = None, linear_all: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """SLA forward (router LUT given): (out [B, S, H, D] q.dtype, lse [B, H, S] fp32). Optional tail keys
-    (HunyuanVideo text) [B, L, H, D] with tail_mask [B, L] are attended by every query (forward only)."""
+    (HunyuanVideo text) [B, L, H, D] with tail_mask [B, L] are attended by every query (forward only).
+    linear_all: TurboDiffusion's linear branch (over ALL video keys, 1e-5 eps, proj on every row) instead of the
+    paper's complement; differentiable too (its linear-branch backward is batched PyTorch, see `sla_backward`)."""
     state = None
     if proj_weight is not None:
-        state = sla_linear_states(k, v, lut, count, block_k)
+        if linear_all:
+            state = sla_global_linear_state(k, v, block_k)
+        else:
+            state = sla_linear_states(k, v, lut, count, block_k)
     return sla_forward(q, k, v, lut, count, block_q, block_k, proj_weight, proj_bias, scale, linear_state=state,
-                       tail_k=tail_k, tail_v=tail_v, tail_mask=tail_mask)
+                       tail_k=tail_k, tail_v=tail_v, tail_mask=tail_mask, linear_all=linear_all)
 
 
 @sla_forward_op.register_fake
 def _(q, k, v, lut, count, proj_weight, proj_bias, block_q, block_k, scale, tail_k=None, tail_v=None,
-      tail_mask=None):
+      tail_mask=None, linear_all=False):
     batch, seq_len, heads, _ = q.shape
     return torch.empty_like(q), q.new_empty((batch, heads, seq_len), dtype=torch.float32)
 
@@ -91,6 +96,7 @@ def _setup_sla(ctx, inputs, output):
     _no_tail_backward(tail_k)
     ctx.save_for_backward(q, k, v, lut, count, proj_weight, proj_bias, output[1])
     ctx.config = (block_q, block_k, scale)
+    ctx.linear_all = bool(inputs[13]) if len(inputs) > 13 else False
 
 
 def _backward_sla(ctx, grad_out, grad_lse):
@@ -98,8 +104,8 @@ def _backward_sla(ctx, grad_out, grad_lse):
 
     q, k, v, lut, count, proj_weight, proj_bias, lse = ctx.saved_tensors
     dq, dk, dv, dw, db, _ = sla_backward(grad_out.contiguous(), q, k, v, lse, lut, count, *ctx.config,
-                                         proj_weight=proj_weight, proj_bias=proj_bias)
-    return dq, dk, dv, None, None, dw, db, None, None, None, None, None, None
+                                         proj_weight=proj_weight, proj_bias=proj_bias, linear_all=ctx.linear_all)
+    return dq, dk, dv, None, None, dw, db, None, None, None, None, None, None, None
 
 
 def _setup_sla2(ctx, inputs, output):

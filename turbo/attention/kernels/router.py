@@ -44,15 +44,16 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def topk_lut(scores: torch.Tensor, keep: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """scores [B, H, nq, nk] -> (lut int32 [B, H, nq, k], count int32 [B, H, nq]) with k = kept_blocks(keep, nk)."""
-    kk = reference.kept_blocks(keep, scores.shape[-1])
+def topk_lut(scores: torch.Tensor, keep: float, rule: str = "round") -> tuple[torch.Tensor, torch.Tensor]:
+    """scores [B, H, nq, nk] -> (lut int32 [B, H, nq, k], count int32 [B, H, nq]) with
+    k = kept_blocks(keep, nk, rule) ("round" or TurboDiffusion's "floor", at least 1 either way)."""
+    kk = reference.kept_blocks(keep, scores.shape[-1], rule)
     lut = scores.topk(kk, dim=-1, sorted=False).indices.sort(dim=-1).values.to(torch.int32)
     count = torch.full(scores.shape[:-1], kk, dtype=torch.int32, device=scores.device)
     return lut.contiguous(), count
 
 
-def sla_router(q, k, block_q: int, block_k: int, keep: float, proj_q=None, proj_k=None):
+def sla_router(q, k, block_q: int, block_k: int, keep: float, proj_q=None, proj_k=None, rule: str = "round"):
     """The blocks `reference.sla_attention` selects: top-k of pool(q)·pool(k)ᵀ per query block, optionally through
     SLA2's learnable projections. Returns (lut, count) as `topk_lut`."""
     pooled_q, pooled_k = block_pool(q, block_q), block_pool(k, block_k)
@@ -60,7 +61,7 @@ def sla_router(q, k, block_q: int, block_k: int, keep: float, proj_q=None, proj_
         pooled_q = proj_q(pooled_q)
     if proj_k is not None:
         pooled_k = proj_k(pooled_k)
-    return topk_lut(torch.matmul(pooled_q, pooled_k.transpose(-1, -2)), keep)
+    return topk_lut(torch.matmul(pooled_q, pooled_k.transpose(-1, -2)), keep, rule)
 
 
 def mask_to_lut(block_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,7 +8,11 @@ key-major index). The linear branch is small dense algebra per block, done with 
     [dh_j, dz_j] = Σ_i M_ij [dH_i, dZ_i]            (one GEMM with Mᵀ, like the forward)
     dφK = V dh_jᵀ + dz_j,  dV += φK dh_j;  then the softmax-over-D Jacobian for dQ, dK.
 Everything is recomputed from q, k, v, the LUT and the LSE (no per-block state or Oˢ is kept between forward and
-backward: one extra sparse forward pass replaces an activation-sized buffer)."""
+backward: one extra sparse forward pass replaces an activation-sized buffer).
+
+linear_all (TurboDiffusion's form, Oˡ = φQ·H / (1e-5 + φQ·Z) with ONE global [H, Z] per batch·head, proj on every
+row): `all_linear_backward`, the same algebra with the block mask all ones, as batched PyTorch over [B, H, S, D]
+(O(S·D²), no per-block-row tensors; not the fused Triton path, on CUDA either)."""
 
 from __future__ import annotations
 
@@ -89,9 +93,38 @@ def linear_branch_backward(d_ol, q, k, v, block_q, block_k, phiq, h_i, z_i, ol, 
     return _unblocks(dq, q.shape[1]), _unblocks(dk, k.shape[1]), _unblocks(dv, v.shape[1])
 
 
+def all_linear_backward(grad_out, q, k, v, proj_weight, proj_bias=None, eps: float = 1e-5):
+    """Gradients of proj(Oˡ) with Oˡ = φQ·H / (eps + φQ·Z), H = Σ_all φKᵀV, Z = Σ_all φK (every query row, every key).
+
+    grad_out, q, k, v [B, S, H, D]. Returns (dq, dk, dv fp32 [B, S, H, D], d_proj_weight, d_proj_bias or None)."""
+    dtype = q.dtype
+    d_out = grad_out.float().transpose(1, 2)  # [B, H, S, D]
+    phiq = torch.softmax(q.float().transpose(1, 2), dim=-1)
+    phik = torch.softmax(k.float().transpose(1, 2), dim=-1)
+    vh = v.float().transpose(1, 2)
+    h_all = torch.matmul(phik.transpose(-1, -2), vh)  # [B, H, D, D]; sums over S stay fp32
+    z_all = phik.sum(2)  # [B, H, D]
+    den = eps + (phiq * z_all[:, :, None, :]).sum(-1)  # [B, H, S]
+    ol = _matmul(phiq, h_all, dtype) / den[..., None]
+    d_w = torch.einsum("bhso,bhsi->oi", d_out, ol).to(proj_weight.dtype)
+    d_b = None if proj_bias is None else d_out.sum((0, 1, 2)).to(proj_bias.dtype)
+    d_ol = torch.matmul(d_out, proj_weight.float())
+    d_num = d_ol / den[..., None]
+    d_den = -(d_ol * ol).sum(-1) / den
+    d_phiq = _matmul(d_num, h_all.transpose(-1, -2), dtype) + d_den[..., None] * z_all[:, :, None, :]
+    d_h = torch.matmul(phiq.transpose(-1, -2), d_num)  # [B, H, D, D]
+    d_z = torch.matmul(d_den[:, :, None, :], phiq).squeeze(2)  # [B, H, D]
+    d_phik = _matmul(vh, d_h.transpose(-1, -2), dtype) + d_z[:, :, None, :]
+    dv = _matmul(phik, d_h, dtype)
+    dq = _softmax_backward(phiq, d_phiq)
+    dk = _softmax_backward(phik, d_phik)
+    return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2), d_w, d_b
+
+
 def sla_backward(grad_out, q, k, v, lse, lut, count, block_q, block_k, scale, proj_weight=None, proj_bias=None,
-                 alpha=None, fused: bool | None = None):
+                 alpha=None, fused: bool | None = None, linear_all: bool = False):
     """Gradients of `sla_forward` (SLA: out = Oˢ + proj(Oˡ); SLA2: out = α·Oˢ + (1 − α)·Oˡ; neither: Oˢ).
+    linear_all: SLA in TurboDiffusion's form (`all_linear_backward` for the linear branch; `fused` is ignored).
 
     grad_out [B, S, H, D]; lse [B, H, S] from the forward. `fused` picks the Triton linear-branch backward
     (`linear_backward.py`; default on CUDA) over the batched-torch one (default on CPU, the oracle). Returns
@@ -102,6 +135,14 @@ def sla_backward(grad_out, q, k, v, lse, lut, count, block_q, block_k, scale, pr
         dq, dk, dv = block_sparse_attention_backward(grad_out, q, k, v, out_s, lse, lut, count, block_q, block_k,
                                                      scale)
         return dq, dk, dv, None, None, None
+    if linear_all:
+        if alpha is not None:
+            raise ValueError("linear_all is SLA's TurboDiffusion form: it takes proj_weight, not alpha")
+        lq, lk, lv, d_w, d_b = all_linear_backward(grad_out, q, k, v, proj_weight, proj_bias)
+        dq, dk, dv = block_sparse_attention_backward(grad_out, q, k, v, out_s, lse, lut, count, block_q, block_k,
+                                                     scale)
+        return ((dq.float() + lq).to(q.dtype), (dk.float() + lk).to(k.dtype), (dv.float() + lv).to(v.dtype),
+                d_w, d_b, None)
     if q.is_cuda if fused is None else fused:
         from .linear_backward import linear_branch_backward_fused
 

@@ -11,6 +11,10 @@ Same math as `reference.sla_attention` (the oracle), organised for the GPU:
   blocks directly (no total-minus-selected cancellation).
 - `sla_forward`: one program per (query tile, batch·head): exact softmax over the LUT blocks, then
   O = Oˢ + proj(φQ·H_i / φQ·Z_i).
+- linear_all (TurboDiffusion's released SLA, `reference.all_linear_attention`): the linear branch is over ALL keys, so
+  one global state [H, Z] per (batch, head) (`sla_global_linear_state`, the fp32 sum of the block states) replaces
+  the per-query-block states; the kernel reads it (LINEAR_ALL), divides by 1e-5 + φQ·Z and adds proj(Oˡ) to every
+  row.
 
 Layout [B, S, H, D] with strides; D a power of two ≥ 16 (64 and 128 in practice); any S (ragged last blocks masked).
 """
@@ -72,6 +76,12 @@ def marginal_weights(lut: torch.Tensor, count: torch.Tensor, num_key_blocks: int
     return weights.scatter_(-1, lut.long(), unselected)
 
 
+def sla_global_linear_state(k: torch.Tensor, v: torch.Tensor, block_k: int) -> torch.Tensor:
+    """[B, H, D·D + D] fp32: [H = Σ_all φ(K)ᵀV flattened, Z = Σ_all φ(K)] over every key, the fp32 sum of the
+    per-key-block states (only [B, H, nk, D² + D] is built, never a per-query-block copy)."""
+    return sla_block_states(k, v, block_k).sum(2, dtype=torch.float32)
+
+
 @triton.jit
 def _attend_block(q, K, V, offs_s, key_ok, offs_d, stride_ks, stride_vs, m_i, l_i, acc, qk_scale):
     """One online-softmax step of a query tile over the keys at token offsets `offs_s` (K, V point at the
@@ -101,6 +111,7 @@ def _sla_forward_kernel(
     seq_len, heads, num_key_blocks, lut_width, tail_len, qk_scale,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ROUTER_BLOCK_Q: tl.constexpr,
     HAS_LINEAR: tl.constexpr, HAS_PROJ_BIAS: tl.constexpr, MIX_ALPHA: tl.constexpr, HAS_TAIL: tl.constexpr,
+    LINEAR_ALL: tl.constexpr,
 ):
     tile, bh, b, h, offs_m, offs_d = tile_program(heads, BLOCK_M, D)
     qblock = tile * BLOCK_M // ROUTER_BLOCK_Q  # the router's query block this tile belongs to
@@ -132,18 +143,27 @@ def _sla_forward_kernel(
 
     out = acc / l_i[:, None]
     if HAS_LINEAR:
-        # Oˡ = φQ·H_i / (φQ·Z_i) over the marginal blocks; rows without marginal blocks get no linear term at all
-        # (not even proj's bias), so keep = 1 is exactly dense attention.
         qf = q.to(tl.float32)
         eq = tl.exp(qf - tl.max(qf, 1)[:, None])
         phiq = eq / tl.sum(eq, 1)[:, None]
-        state = HM + row * (D * D + D)  # [H_i flattened, Z_i]
+        if LINEAR_ALL:
+            # TurboDiffusion's form: Oˡ = φQ·H / (1e-5 + φQ·Z) over ALL keys (one fp32 state per batch·head),
+            # added through proj to every row.
+            state = HM + bh * (D * D + D)
+        else:
+            state = HM + row * (D * D + D)  # [H_i flattened, Z_i]
         h_i = tl.load(state + offs_d[:, None] * D + offs_d[None, :])
         z_i = tl.load(state + D * D + offs_d).to(tl.float32)
         num = tl.dot(phiq.to(h_i.dtype), h_i)
         den = tl.sum(phiq * z_i[None, :], 1)
-        has_marginal = (den > 0) & (count < num_key_blocks)
-        ol = tl.where(has_marginal[:, None], num / tl.where(has_marginal, den, 1.0)[:, None], 0.0)
+        if LINEAR_ALL:
+            has_marginal = row_ok
+            ol = num / (den + 1e-5)[:, None]
+        else:
+            # Oˡ = φQ·H_i / (φQ·Z_i) over the marginal blocks; rows without marginal blocks get no linear term at
+            # all (not even proj's bias), so keep = 1 is exactly dense attention.
+            has_marginal = (den > 0) & (count < num_key_blocks)
+            ol = tl.where(has_marginal[:, None], num / tl.where(has_marginal, den, 1.0)[:, None], 0.0)
         if MIX_ALPHA:  # SLA2: out = α·Oˢ + (1 − α)·Oˡ, α per (head, router query block)
             alpha = tl.load(ALPHA + h * tl.cdiv(seq_len, ROUTER_BLOCK_Q) + qblock)
             out = alpha * out + (1.0 - alpha) * ol
@@ -169,7 +189,8 @@ def sla_linear_states(k, v, lut, count, block_k: int) -> torch.Tensor:
 
 def sla_forward(q, k, v, lut, count, block_q: int, block_k: int, proj_weight=None, proj_bias=None, scale=None,
                 linear_state=None, block_m: int | None = None, num_warps: int | None = None,
-                num_stages: int | None = None, alpha=None, tail_k=None, tail_v=None, tail_mask=None):
+                num_stages: int | None = None, alpha=None, tail_k=None, tail_v=None, tail_mask=None,
+                linear_all: bool = False):
     """SLA forward with the LUT from the router.
 
     q, k, v: [B, S, H, D]; lut: int32 [B, H, nq, width] key-block indices per router query block (first `count`
@@ -177,7 +198,8 @@ def sla_forward(q, k, v, lut, count, block_q: int, block_k: int, proj_weight=Non
     block-sparse attention); alpha [H, nq] fp32 instead selects SLA2's mix α·Oˢ + (1 − α)·Oˡ (no proj);
     linear_state = `sla_linear_states(...)` (computed if None). tail_k / tail_v [B, L, H, D] are keys every query
     also attends (HunyuanVideo's text), tail_mask [B, L] bool marks the real ones (None = all); the linear branch
-    stays over the video keys.
+    stays over the video keys. linear_all (SLA with proj only) = TurboDiffusion's form: linear attention over ALL
+    keys with the 1e-5 eps, proj added to every row; linear_state is then `sla_global_linear_state(...)` [B, H, D²+D].
     Returns (out [B, S, H, D] in q.dtype, lse [B, H, S] fp32 natural log)."""
     batch, seq_len, heads, dim = q.shape
     scale = dim ** -0.5 if scale is None else scale
@@ -190,8 +212,15 @@ def sla_forward(q, k, v, lut, count, block_q: int, block_k: int, proj_weight=Non
     if mix_alpha:
         alpha = alpha.to(torch.float32).contiguous()
         proj_weight = q  # unused pointer
+    if linear_all and (mix_alpha or proj_weight is None):
+        raise ValueError("linear_all is SLA's TurboDiffusion form: it needs proj_weight and no alpha")
     if has_linear:
-        h_m = linear_state if linear_state is not None else sla_linear_states(k, v, lut, count, block_k)
+        if linear_state is not None:
+            h_m = linear_state.contiguous()
+        elif linear_all:
+            h_m = sla_global_linear_state(k, v, block_k)
+        else:
+            h_m = sla_linear_states(k, v, lut, count, block_k)
         proj_weight = proj_weight.contiguous()
         alpha = alpha if mix_alpha else q  # unused pointer
     else:
@@ -220,6 +249,6 @@ def sla_forward(q, k, v, lut, count, block_q: int, block_k: int, proj_weight=Non
         seq_len, heads, triton.cdiv(seq_len, block_k), lut.shape[-1], tail_len, scale * LOG2E,
         D=dim, BLOCK_M=block_m, BLOCK_N=block_k, ROUTER_BLOCK_Q=block_q,
         HAS_LINEAR=has_linear, HAS_PROJ_BIAS=proj_bias is not None, MIX_ALPHA=mix_alpha, HAS_TAIL=has_tail,
-        num_warps=num_warps or 4, num_stages=num_stages or 3,
+        LINEAR_ALL=linear_all, num_warps=num_warps or 4, num_stages=num_stages or 3,
     )
     return out, lse
