@@ -1,6 +1,7 @@
 """The `turbo` command: `turbo generate` (a video with acceleration, optionally compared with the unaccelerated run),
-`turbo eval` (a candidate config against a reference config on ToyWorld prompts), `turbo info` (what this machine
-can run fast, the presets and the models) and `turbo app` (the Gradio app).
+`turbo eval` (a candidate config against a reference config on ToyWorld prompts), `turbo convert` (a TurboDiffusion /
+rCM checkpoint into a diffusers transformer with its turbo recipe), `turbo info` (what this machine can run fast, the
+presets and the models) and `turbo app` (the Gradio app).
 
 Every bad input is refused before any model loads, with one line `turbo: <sentence>` on stderr and exit code 2.
 Arguments come from `pipelines.options` (shared with the app), models from `pipelines.registry`.
@@ -39,7 +40,7 @@ def _refuse(message) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `turbo` argument parser (subcommands generate, eval, info, app)."""
+    """The `turbo` argument parser (subcommands generate, eval, convert, info, app)."""
     from turbo.config import PRESETS
 
     parser = _Parser(prog="turbo", description="Faster video diffusion transformers for diffusers.")
@@ -71,6 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", default=None, help="also write the table (rows and summary) to this JSON file")
     options.add_acceleration_arguments(ev, "candidate options (override the candidate preset or method)",
                                        skip=("attention",))
+
+    conv = sub.add_parser("convert", help="convert a TurboDiffusion / rCM checkpoint (native Wan keys) into a "
+                                          "diffusers transformer directory with its turbo recipe")
+    conv.add_argument("checkpoint",
+                      help=".pth/.pt, .safetensors or a sharded directory (Wan2.2: the high-noise expert)")
+    conv.add_argument("--out", required=True, help="output directory")
+    conv.add_argument("--low-noise", default=None, help="Wan2.2 A14B: the low-noise expert (written as transformer_2)")
+    conv.add_argument("--sla-topk", type=float, default=0.1, help="SLA keep ratio of the recipe (default 0.1)")
+    conv.add_argument("--sigma-max", type=float, default=None, help="rCM sigma_max (default 80 T2V, 200 I2V)")
+    conv.add_argument("--steps", type=int, default=4, help="rCM sampling steps of the recipe (default 4)")
+    conv.add_argument("--dtype", choices=list(_CONVERT_DTYPES), default="bf16", help="weights dtype (default bf16)")
 
     sub.add_parser("info", help="torch / CUDA / Triton, which methods run fast here, presets and models")
     sub.add_parser("app", help="start the Gradio app (arguments after 'app' go to it)", add_help=False)
@@ -273,6 +285,65 @@ def cmd_eval(args) -> int:
     return 0
 
 
+_CONVERT_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+_BASE_PIPELINES = {  # model guess → (pipeline class, diffusers repo the other components come from)
+    "Wan2.1-T2V-1.3B": ("WanPipeline", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"),
+    "Wan2.1-T2V-14B": ("WanPipeline", "Wan-AI/Wan2.1-T2V-14B-Diffusers"),
+    "Wan2.1-I2V-14B": ("WanImageToVideoPipeline", "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"),
+    "Wan2.2-I2V-A14B": ("WanImageToVideoPipeline", "Wan-AI/Wan2.2-I2V-A14B-Diffusers"),
+    "Wan2.2-T2V-A14B": ("WanPipeline", "Wan-AI/Wan2.2-T2V-A14B-Diffusers"),
+}
+
+
+def cmd_convert(args) -> int:
+    """`turbo convert`: TurboDiffusion / rCM checkpoint → diffusers transformer dir + SLA parts + turbo recipe."""
+    import torch
+
+    from turbo.convert import convert_report, recipe_for
+
+    for label, path in (("checkpoint", args.checkpoint), ("--low-noise", args.low_noise)):
+        if path is not None and not os.path.exists(path):
+            return _refuse(f"{label} {path} does not exist.")
+    if os.path.isfile(args.out):
+        return _refuse(f"--out {args.out} is a file; give a directory.")
+    if not 0 < args.sla_topk <= 1:
+        return _refuse(f"--sla-topk {args.sla_topk} must be in (0, 1] (TurboDiffusion uses 0.1).")
+    if args.sigma_max is not None and not args.sigma_max > 0:
+        return _refuse(f"--sigma-max {args.sigma_max} must be > 0 (80 for T2V, 200 for I2V).")
+    recipe_for(sla=True, in_channels=16, sla_topk=args.sla_topk, sigma_max=args.sigma_max, steps=args.steps)
+    dtype = getattr(torch, _CONVERT_DTYPES[args.dtype])
+
+    started = time.perf_counter()
+    report = convert_report(args.checkpoint, args.out, low_noise=args.low_noise, sla_topk=args.sla_topk,
+                            sigma_max=args.sigma_max, steps=args.steps, dtype=dtype)
+    first = report.models[0]
+    sla = all(m.sla for m in report.models)
+    int8 = sum(m.int8_linears for m in report.models)
+    print(f"found: {report.name}; SLA parts: {'yes' if sla else 'no'}; "
+          f"INT8 dequantised: {f'yes ({int8} linears)' if int8 else 'no'}")
+    if report.name.startswith("one ") and args.low_noise is None:
+        print("note: this is one expert of a two-expert model; convert both with --low-noise LOW_NOISE_FILE")
+    sampler = first.recipe["sampler"]
+    attention = f"sla keep {first.recipe['attention']['keep']}" if sla else "dense attention"
+    print(f"wrote {report.output} in {time.perf_counter() - started:.1f} s ({args.dtype}); recipe: {attention}, rCM "
+          f"{sampler['steps']} steps, sigma_max {sampler['sigma_max']:g}")
+    pipeline, repo = _BASE_PIPELINES.get(report.name.split(" (")[0], ("WanPipeline", "<the base Wan *-Diffusers repo>"))
+    torch_dtype = f"torch.{_CONVERT_DTYPES[args.dtype]}"
+    out = str(report.output)
+    print("run it (diffusers + turbo):")
+    if len(report.models) == 2:
+        print(f"  t1, t2 = (WanTransformer3DModel.from_pretrained({out!r}, subfolder=s, torch_dtype={torch_dtype}) "
+              f"for s in ('transformer', 'transformer_2'))")
+        print(f"  pipe = {pipeline}.from_pretrained({repo!r}, transformer=t1, transformer_2=t2, "
+              f"torch_dtype={torch_dtype})")
+    else:
+        print(f"  transformer = WanTransformer3DModel.from_pretrained({out!r}, torch_dtype={torch_dtype})")
+        print(f"  pipe = {pipeline}.from_pretrained({repo!r}, transformer=transformer, torch_dtype={torch_dtype})")
+    print(f"  turbo.accelerate(pipe)  # the recipe; then pipe(..., num_inference_steps={sampler['steps']}, "
+          "guidance_scale=1.0)")
+    return 0
+
+
 def cmd_info(args) -> int:
     """`turbo info`: capabilities, the default config, presets and models (with whether each is on this machine)."""
     import turbo
@@ -303,7 +374,7 @@ def cmd_app(argv: list[str]) -> int:
     return int(app.main(argv) or 0)
 
 
-_COMMANDS = {"generate": cmd_generate, "eval": cmd_eval, "info": cmd_info}
+_COMMANDS = {"generate": cmd_generate, "eval": cmd_eval, "info": cmd_info, "convert": cmd_convert}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,8 +5,8 @@
     turbo.accelerate(pipe, "fast")    # a preset; print(pipe.turbo) shows what changed
     turbo.restore(pipe)               # undo
 
-`accelerate`, `restore` and `default_config` are imported on first use, so the kernels and the config can be used
-without importing diffusers.
+`accelerate`, `restore`, `default_config` and `convert_checkpoint` are imported on first use, so the kernels and the
+config can be used without importing diffusers.
 """
 
 from .cache import CacheConfig
@@ -44,6 +44,7 @@ __all__ = [
     "UnsupportedModelError",
     "accelerate",
     "capabilities",
+    "convert_checkpoint",
     "default_config",
     "option_specs",
     "register_feature",
@@ -54,6 +55,10 @@ __all__ = [
 
 
 def __getattr__(name: str):
+    if name == "convert_checkpoint":  # TurboDiffusion / rCM checkpoints → diffusers (turbo.convert)
+        from .convert import convert_checkpoint
+
+        return convert_checkpoint
     if name in _LAZY:
         import importlib
 
