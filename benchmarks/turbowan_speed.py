@@ -11,6 +11,7 @@ Variants (--variants, comma-separated):
                eager
   turbo-c      the same, compile="regional"
   turbo-cg     the same, compile="full" + CUDA graphs
+  +fp8         suffix for turbo variants and experts: also quant="fp8" (W8A8 e4m3 linears in the blocks)
   experts      Wan2.2 I2V A14B layout: two 14B experts (36 input channels), sigma_max 200, 2 high + 2 low steps,
                turbo SLA compile="regional"
 
@@ -123,7 +124,9 @@ def main() -> int:
         model = None
         torch.cuda.empty_cache()
 
-    def run(name: str) -> dict:
+    def run(variant: str) -> dict:
+        name, *flags = variant.split("+")
+        quant = {"quant": "fp8"} if "fp8" in flags else {}
         torch._dynamo.reset()
         torch.cuda.reset_peak_memory_stats()
         if name == "stock":
@@ -137,7 +140,7 @@ def main() -> int:
             m = need_model()
             extra = {"turbo-c": {"compile": "regional"},
                      "turbo-cg": {"compile": "full", "compile_cudagraphs": True}}.get(name, {})
-            turbo.accelerate(m, **td_options(args.topk), **extra)
+            turbo.accelerate(m, **td_options(args.topk), **extra, **quant)
             try:
                 row = time_loop(rcm_loop([m], x, args.steps, args.sigma_max), args.reps)
             finally:
@@ -186,7 +189,7 @@ def main() -> int:
             frames, height, width = SIZES[args.size]
             cond = torch.randn(1, 20, frames, height, width, device="cuda", dtype=torch.bfloat16)
             for e in experts:
-                turbo.accelerate(e, **td_options(args.topk), compile="regional")
+                turbo.accelerate(e, **td_options(args.topk), compile="regional", **quant)
             try:
                 row = time_loop(rcm_loop(experts, dict(x, condition=cond), args.steps, 200.0, boundary=0.9),
                                 args.reps)

@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also run the unaccelerated pipeline with the same seed and print both times and the PSNR")
     gen.add_argument("--allow-untuned", action="store_true",
                      help="run a config that needs turbo-fine-tuned weights (sla, sla2) on weights without them")
+    gen.add_argument("--transformer", default=None, metavar="DIR",
+                     help="a `turbo convert` output directory whose transformer(s) replace the model's (its recipe "
+                          "becomes the starting config)")
     options.add_acceleration_arguments(gen)
 
     ev = sub.add_parser("eval", help="compare a candidate config against a reference on ToyWorld prompts")
@@ -169,11 +172,21 @@ def cmd_generate(args) -> int:
     from turbo.eval.metrics import psnr
 
     request = _request(args)
+    if args.transformer and (problem := registry.transformer_dir_error(args.transformer)):
+        raise RequestError(problem)
+    recipe_path = registry.recipe_file(request.model, args.transformer)
     overrides = options.acceleration_overrides(args)
     config = label = None
     if not args.no_turbo:
-        config, preset = options.validate_acceleration(args.preset, overrides, args.allow_untuned)
+        recipe = None
+        if recipe_path is not None and args.preset is None:
+            from turbo.recipe import load_recipe
+
+            recipe = load_recipe(recipe_path)
+        config, preset = options.validate_acceleration(args.preset, overrides, args.allow_untuned, recipe=recipe)
         label = _describe_config(preset if preset and not overrides else config)
+        if recipe is not None:
+            label += f", from the model's recipe {recipe_path}"
         request = options.fit_request(request, config, steps_given=args.steps is not None,
                                       guidance_given=args.guidance is not None)
 
@@ -191,7 +204,7 @@ def cmd_generate(args) -> int:
         print(f"note:    on a CPU '{method}' runs its PyTorch reference, which is exact but not faster than dense "
               "attention; the speed-ups need a CUDA GPU")
 
-    pipe = registry.load_pipeline(request.model, request.device, request.torch_dtype())
+    pipe = registry.load_pipeline(request.model, request.device, request.torch_dtype(), transformer=args.transformer)
     unknown = unknown_words(getattr(pipe, "tokenizer", None), request.prompt)
     if unknown:
         print(f"turbo: warning: the model's tokenizer does not know {', '.join(map(repr, unknown))}; "

@@ -302,17 +302,20 @@ def acceleration_overrides(namespace: argparse.Namespace) -> dict[str, Any]:
 
 
 def validate_acceleration(preset: str | None, overrides: dict[str, Any] | None = None,
-                          allow_untuned: bool = False):
+                          allow_untuned: bool = False, recipe=None):
     """Resolve a preset name (None: turbo's default config) plus option overrides into (TurboConfig, preset name),
     refusing, before any model loads, what `turbo.accelerate` would refuse: invalid values, modes not built yet
     (`NotImplementedMethodError`) and, unless `allow_untuned`, configs that need turbo-fine-tuned weights. Raises
-    `turbo.TurboError` subclasses with one-sentence messages."""
+    `turbo.TurboError` subclasses with one-sentence messages. `recipe` (the TurboConfig saved beside a converted or
+    distilled transformer) replaces turbo's default config as the starting point, as `turbo.accelerate` does; its
+    fine-tuned parts ship with it."""
     import turbo
     from turbo.config import needs_finetuned, resolve_config
 
-    config, name = resolve_config(preset, turbo.default_config(), **(overrides or {}))
+    config, name = resolve_config(preset, recipe or turbo.default_config(), **(overrides or {}))
     config.check_built()
-    if not allow_untuned and needs_finetuned(config):
+    same_method = recipe is not None and config.attention.method == recipe.attention.method
+    if not allow_untuned and needs_finetuned(config) and not same_method:
         label = f"preset '{name}'" if name else f"attention '{config.attention.method}'"
         raise turbo.TurboConfigError(
             f"{label} needs turbo-fine-tuned weights, which this model does not ship; pass --allow-untuned to run it "

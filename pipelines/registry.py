@@ -310,11 +310,14 @@ def how_to_get(preset: ModelPreset) -> str:
 # ------------------------------------------------------------------------------------------------------------ loading
 
 
-def load_pipeline(preset_or_dir: ModelPreset | str | os.PathLike, device: str = "cpu", dtype=None):
+def load_pipeline(preset_or_dir: ModelPreset | str | os.PathLike, device: str = "cpu", dtype=None,
+                  transformer: str | os.PathLike | None = None):
     """Load a pipeline onto `device` in `dtype` (None: float32 on CPU, bfloat16 otherwise). ToyWorld directories are
     checksum-verified first (`turbo.toyworld.train.load_toyworld`; a mismatch raises `ToyWorldWeightsError` naming
     the file); the embedded default comes from `pipelines.tiny.build_default`; anything else goes through
-    `DiffusionPipeline.from_pretrained` (hub ids from the local cache only when HF_HUB_OFFLINE is set)."""
+    `DiffusionPipeline.from_pretrained` (hub ids from the local cache only when HF_HUB_OFFLINE is set).
+    `transformer`: a `turbo convert` output directory whose transformer(s) replace the pipeline's (default: the
+    preset's converted directory, if it has one)."""
     import torch
 
     preset = resolve_model(preset_or_dir)
@@ -331,8 +334,8 @@ def load_pipeline(preset_or_dir: ModelPreset | str | os.PathLike, device: str = 
         return load_toyworld(preset.source, dtype=dtype).to(device)
     from diffusers import DiffusionPipeline
 
-    return DiffusionPipeline.from_pretrained(preset.source, torch_dtype=dtype,
-                                             **converted_transformers(preset, dtype)).to(device)
+    swapped = load_transformers(transformer, dtype) if transformer else converted_transformers(preset, dtype)
+    return DiffusionPipeline.from_pretrained(preset.source, torch_dtype=dtype, **swapped).to(device)
 
 
 def converted_transformers(preset: ModelPreset, dtype) -> dict[str, Any]:
@@ -342,6 +345,31 @@ def converted_transformers(preset: ModelPreset, dtype) -> dict[str, Any]:
     if directory is None:
         return {}
     return load_transformers(directory, dtype)
+
+
+def transformer_dir_error(directory: str | os.PathLike) -> str | None:
+    """None when `directory` holds converted transformer(s) (config.json, or transformer/config.json), else one
+    sentence saying what is wrong (checked before any loading)."""
+    path = Path(directory)
+    if not path.is_dir():
+        return f"--transformer {os.fspath(directory)!r} is not a directory."
+    if not (path / "config.json").is_file() and not (path / "transformer" / "config.json").is_file():
+        return (f"--transformer {os.fspath(directory)!r} holds no transformer (config.json); make one with "
+                "`turbo convert`.")
+    return None
+
+
+def recipe_file(preset: ModelPreset, transformer: str | os.PathLike | None = None) -> Path | None:
+    """The turbo recipe (turbo_config.json) beside the transformer a load would use, or None."""
+    from turbo.recipe import RECIPE_FILE
+
+    directory = Path(transformer) if transformer else converted_dir(preset)
+    if directory is None:
+        return None
+    for path in (directory / RECIPE_FILE, directory / "transformer" / RECIPE_FILE):
+        if path.is_file():
+            return path
+    return None
 
 
 def load_transformers(directory: str | os.PathLike, dtype) -> dict[str, Any]:

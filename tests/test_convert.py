@@ -364,3 +364,31 @@ def test_cli_converts_and_prints(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "1 blocks, dim 256" in text and "SLA" in text and "turbo.accelerate" in text
     assert_same_output(model, load(tmp_path / "out"), **inputs(model))
+
+
+def test_cli_generate_with_a_converted_transformer_runs_its_recipe(tmp_path, capsys):
+    from pipelines.cli import main
+    from tests import pipes
+
+    pipes.build("wan-t2v").save_pretrained(tmp_path / "base")
+    model = tiny_model(heads=2, head_dim=12, layers=2, ffn=48, text_dim=32, freq_dim=256, seed=13)
+    native = to_native(model)
+    add_proj_l(native, 2, 12)
+    torch.save(native, tmp_path / "ckpt.pth")
+    convert_checkpoint(tmp_path / "ckpt.pth", tmp_path / "out", dtype=torch.float32, heads=2)
+    out = tmp_path / "video.mp4"
+    code = main(["generate", "--model", str(tmp_path / "base"), "--transformer", str(tmp_path / "out"),
+                 "--prompt", "a red circle", "--height", "32", "--width", "32", "--frames", "5", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0 and out.is_file()
+    assert "turbo_config.json" in printed and "4 steps" in printed and "guidance 1" in printed
+    assert "rcm" in printed.lower()
+
+
+def test_cli_generate_refuses_a_transformer_dir_without_weights(tmp_path, capsys):
+    from pipelines.cli import main
+
+    (tmp_path / "empty").mkdir()
+    code = main(["generate", "--transformer", str(tmp_path / "empty"), "--out", str(tmp_path / "x.mp4")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("turbo:") and "turbo convert" in err[0]

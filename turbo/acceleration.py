@@ -91,11 +91,17 @@ def accelerate(pipe, config: TurboConfig | str | dict | None = None, *, allow_un
     ):
         raise TurboError("this pipeline is already accelerated by turbo; call turbo.restore(pipe) first.")
     recipe = find_recipe([t.model for t in targets]) if config is None else None
-    config, preset = resolve_config(config, recipe[0] if recipe else default_config(), **overrides)
+    start = recipe[0] if recipe else default_config()
+    recipe_notes = []
+    if recipe and start.sampler.mode != "default" and getattr(pipe, "scheduler", None) is None:
+        start = start.replace(sampler="default")  # a transformer alone has no scheduler to swap
+        recipe_notes.append(f"the recipe's {recipe[0].sampler.mode} sampler is for the pipeline; accelerate the "
+                            "pipeline to use it (call it with its steps and guidance 1)")
+    config, preset = resolve_config(config, start, **overrides)
     config.check_built()
     attention = config.attention
     context = InstallContext(pipe, targets, config, TurboRuntime(attention.dense_steps, attention.dense_layers),
-                             detect(), allow_untuned)
+                             detect(), allow_untuned, warnings=recipe_notes)
     registered = features()
     active = [(f, config.sections[name]) for name, f in registered.items() if f.active(config.sections[name])]
     for feature, section in active:
