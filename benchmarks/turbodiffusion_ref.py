@@ -6,6 +6,8 @@ git-ignored `.peer/TurboDiffusion/` (nothing of it is copied into turbo). `impor
 
 * `turbo_diffusion_ops` (their compiled CUDA extension, W8A8 quant/GEMM) is not built: a dummy module whose functions
   raise is registered so that `ops` and `inference/modify_model.py` import. The int8 linears are never used here.
+* `rcm.utils.model_utils` (their checkpoint-file reader, imported by modify_model; it pulls pandas, imageio, PIL):
+  replaced by a dummy only when it does not import; checkpoints are passed to `build_td_model` as state dicts.
 * `flash_attn` (their RoPE uses `flash_attn.layers.rotary.apply_rotary_emb(..., interleaved=True)`): when it is not
   installed, `rotary_interleaved` below (the same rotation of interleaved pairs, plain PyTorch) is set as the module's
   `flash_apply_rotary_emb`; when it is installed theirs is used.
@@ -84,6 +86,24 @@ def _stub_compiled_extension() -> None:
     sys.modules["turbo_diffusion_ops"] = stub
 
 
+def _stub_checkpoint_reader() -> None:
+    """`modify_model` imports `rcm.utils.model_utils` only for `load_state_dict` (reading checkpoint files through
+    their easy_io, which imports pandas, imageio and PIL). When those are missing, a dummy module stands in; the
+    harness passes state dicts itself and never reads files through it."""
+    try:
+        importlib.import_module("rcm.utils.model_utils")
+    except ImportError as error:
+        reason = f"{type(error).__name__}: {error}"
+        stub = types.ModuleType("rcm.utils.model_utils")
+        stub.__doc__ = f"Dummy for TurboDiffusion's checkpoint reader (not importable here: {reason})."
+
+        def load_state_dict(*_args, **_kwargs):
+            raise RuntimeError(f"TurboDiffusion's checkpoint reader is not importable here ({reason}).")
+
+        stub.load_state_dict = load_state_dict
+        sys.modules["rcm.utils.model_utils"] = stub
+
+
 def _allow_cpu_sdpa(attention_module) -> None:
     """Pre-fill their SDPA backend cache for CPU tensors (their fp32 choice, memory-efficient SDPA, is CUDA-only)."""
     from functools import partial
@@ -122,6 +142,7 @@ def import_turbodiffusion(path: str | os.PathLike | None = None) -> types.Simple
     if wan2pt1.flash_apply_rotary_emb is None:
         wan2pt1.flash_apply_rotary_emb = rotary_interleaved
     _allow_cpu_sdpa(importlib.import_module("rcm.utils.attention"))
+    _stub_checkpoint_reader()
     modify_model = importlib.import_module("modify_model")
     sla = importlib.import_module("SLA")
     commit_file = source.parent / "COMMIT"
