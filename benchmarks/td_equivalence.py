@@ -136,11 +136,11 @@ def build_turbo_pipeline(converted: Path, *, device, dtype):
     return pipe
 
 
-def run_turbo(case: str, converted: Path, noise, text, *, dtype, noise_seed: int, timestep_rounding=None):
+def run_turbo(case: str, converted: Path, noise, text, *, dtype, noise_seed: int, bf16_timesteps: bool = True):
     """turbo's pipeline; returns (final latents float32, first line of the turbo report).
 
-    `timestep_rounding` (e.g. torch.bfloat16): round the transformer's `timestep` argument to that dtype and back
-    (a forward pre-hook of this harness, emulating TurboDiffusion's convention; turbo itself passes float32)."""
+    `bf16_timesteps=False` swaps in an RCMScheduler passing the exact 1000·t (diagnostic; turbo's default rounds the
+    timesteps to bf16 as TurboDiffusion does)."""
     import torch
 
     import turbo
@@ -150,12 +150,8 @@ def run_turbo(case: str, converted: Path, noise, text, *, dtype, noise_seed: int
     if case == "dense":
         overrides["attention"] = "dense"
     turbo.accelerate(pipe, **overrides)
-    if timestep_rounding is not None:
-        def round_timestep(_module, args, kwargs):
-            step = kwargs["timestep"]
-            return args, {**kwargs, "timestep": step.to(timestep_rounding).to(step.dtype)}
-
-        pipe.transformer.register_forward_pre_hook(round_timestep, with_kwargs=True)
+    if not bf16_timesteps:
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, bf16_timesteps=False)
     t0 = float(pipe.scheduler.init_noise_sigma)
     latents = (noise.to(torch.float64) * t0).float()  # the reference's start x = t0·ε
     _, c, t, h, w = noise.shape
@@ -220,11 +216,10 @@ def main(argv=None) -> int:
     rows, failed, refs = [], False, {}
     print(f"TurboDiffusion {td.commit[:12]} vs turbo (converted {converted}); device {device}, {dtype_name}; "
           f"latent {list(LATENT)}, {STEPS} rCM steps, sigma_max {SIGMA_MAX}, SLA top-k {args.topk}")
-    # Timestep convention (see benchmarks/README.md): TurboDiffusion feeds 1000·t in the network dtype (bf16-rounded in
-    # bf16 runs), turbo float32. Beside the main row (each side as it is), info rows give both sides the same
-    # convention: "ts bf16" (TurboDiffusion's bf16 rounding, on turbo's side by a pre-hook of this harness) and, in
-    # low-precision runs, "ts fp32"; in float32 runs "ts mismatch" shows what the rounding alone changes.
-    low = dtype != torch.float32
+    # Timestep convention (see benchmarks/README.md): TurboDiffusion feeds 1000·t cast to the network dtype, bf16 in
+    # its released bf16 pipeline; turbo's RCMScheduler rounds the timesteps to bf16 the same way. The main row gives
+    # their side bf16-rounded timesteps in every precision (in a float32 run their own cast would not round); the info
+    # row "ts exact" runs both sides with exact float32 timesteps, "ts mismatch" only their side rounded.
     bf16 = torch.bfloat16
     for case in cases:
         tol = TOLERANCE[(case, dtype_name)]
@@ -234,27 +229,23 @@ def main(argv=None) -> int:
             continue
         start = time.perf_counter()
         try:
-            td_native, td_other = run_turbodiffusion(
+            td_rounded, td_exact = run_turbodiffusion(
                 case, state, noise, text, dtype=dtype, topk=args.topk, noise_seed=args.noise_seed,
-                timestep_dtypes=(None, torch.float32 if low else bf16))
-            turbo_native, report = run_turbo(case, converted, noise, text, dtype=dtype, noise_seed=args.noise_seed)
-            turbo_rounded, _ = run_turbo(case, converted, noise, text, dtype=dtype, noise_seed=args.noise_seed,
-                                         timestep_rounding=bf16)
+                timestep_dtypes=(bf16, torch.float32))
+            turbo_rounded, report = run_turbo(case, converted, noise, text, dtype=dtype, noise_seed=args.noise_seed)
+            turbo_exact, _ = run_turbo(case, converted, noise, text, dtype=dtype, noise_seed=args.noise_seed,
+                                       bf16_timesteps=False)
         except Exception as error:  # one line per case; the table still prints
             failed = True
             rows.append((case, "-", "-", f"{tol:.0e}", "ERROR", f"{type(error).__name__}: {error}"[:300]))
             continue
-        refs[case] = td_native
+        refs[case] = td_rounded
         seconds = time.perf_counter() - start
-        comparisons = [(case, turbo_native, td_native, True,
-                        f"{seconds:.0f}s; ref rms {float(td_native.pow(2).mean().sqrt()):.3f}")]
-        if low:
-            comparisons += [(f"{case} ts bf16", turbo_rounded, td_native, False, "both sides bf16-rounded timesteps"),
-                            (f"{case} ts fp32", turbo_native, td_other, False, "both sides float32 timesteps")]
-        else:
-            comparisons += [(f"{case} ts bf16", turbo_rounded, td_other, False, "both sides bf16-rounded timesteps"),
-                            (f"{case} ts mismatch", turbo_native, td_other, False,
-                             "TurboDiffusion bf16-rounded timesteps, turbo float32")]
+        comparisons = [(case, turbo_rounded, td_rounded, True,
+                        f"{seconds:.0f}s; ref rms {float(td_rounded.pow(2).mean().sqrt()):.3f}"),
+                       (f"{case} ts exact", turbo_exact, td_exact, False, "both sides float32 timesteps"),
+                       (f"{case} ts mismatch", turbo_exact, td_rounded, False,
+                        "TurboDiffusion bf16-rounded timesteps, turbo exact")]
         for name, got, expected, counts, note in comparisons:
             max_abs, rel = compare(got, expected)
             ok = bool(torch.isfinite(got).all()) and rel <= tol

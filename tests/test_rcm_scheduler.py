@@ -23,7 +23,9 @@ def test_grid_matches_the_published_rf_times():
     assert rcm_rf_times(1, 80.0) == [pytest.approx(80 / 81), 0.0]  # 1 step: a single jump from sigma_max
     scheduler = RCMScheduler()
     assert scheduler.timesteps.dtype == torch.float32 and scheduler.rf_times.dtype == torch.float64
-    assert torch.allclose(scheduler.timesteps.double(), torch.tensor(times[:4], dtype=torch.float64) * 1000)
+    assert scheduler.timesteps.tolist() == [988.0, 932.0, 852.0, 608.0]  # 1000·t in bf16, as rCM's models saw it
+    exact = RCMScheduler(bf16_timesteps=False)
+    assert torch.allclose(exact.timesteps.double(), torch.tensor(times[:4], dtype=torch.float64) * 1000)
     assert scheduler.init_noise_sigma == pytest.approx(80 / 81)
 
 
@@ -108,6 +110,12 @@ def pipe():
     return build("wan-t2v")
 
 
+def _bf16_timesteps(steps: int, sigma_max: float) -> list[float]:
+    """1000·t of the rCM grid rounded to bf16: the timesteps rCM's models were trained and sampled with."""
+    return [float(torch.tensor(1000 * t, dtype=torch.float64).to(torch.bfloat16)) for t in
+            rcm_rf_times(steps, sigma_max)[:steps]]
+
+
 def _timesteps_seen(model, calls):
     return model.register_forward_pre_hook(lambda m, args, kwargs: calls.append(float(kwargs["timestep"][0])),
                                            with_kwargs=True)
@@ -127,7 +135,7 @@ def test_rcm_generates_in_a_stock_wan_pipeline_and_restores_exactly(pipe):
             other_seed = run(pipe, "wan-t2v", seed=1, num_inference_steps=4, guidance_scale=1.0)
         finally:
             handle.remove()
-        assert calls[:4] == pytest.approx([1000 * t for t in rcm_rf_times(4, 80.0)[:4]], abs=1e-3)
+        assert calls[:4] == [988.0, 932.0, 852.0, 608.0]
         assert len(calls) == 12  # exactly 4 transformer calls per generation
         assert np.isfinite(frames).all()
         assert np.array_equal(frames, again) and not np.array_equal(frames, other_seed)
@@ -139,7 +147,7 @@ def test_rcm_generates_in_a_stock_wan_pipeline_and_restores_exactly(pipe):
             run(pipe, "wan-t2v", num_inference_steps=1, guidance_scale=1.0)  # e.g. the CLI's warm-up call
         finally:
             handle.remove()
-        assert calls == pytest.approx([1000 * 80 / 81], abs=1e-3)
+        assert calls == [988.0]  # 1000 * 80 / 81 in bf16
     finally:
         turbo.restore(pipe)
     assert pipe.scheduler is original
@@ -172,8 +180,8 @@ def test_wan22_switches_expert_at_its_boundary(boundary_ratio, sigma_max):
         turbo.restore(pipe)
         for handle in handles:
             handle.remove()
-    times = [1000 * t for t in rcm_rf_times(4, sigma_max)[:4]]
-    assert high == pytest.approx(times[:2], abs=1e-3) and low == pytest.approx(times[2:], abs=1e-3)
+    times = _bf16_timesteps(4, sigma_max)
+    assert high == times[:2] and low == times[2:]
     assert np.isfinite(frames).all()
 
 
@@ -276,5 +284,5 @@ def test_rcm_runs_in_the_stock_image_to_video_pipeline():
     finally:
         turbo.restore(i2v)
         handle.remove()
-    assert calls == pytest.approx([1000 * t for t in rcm_rf_times(2, 200.0)[:2]], abs=1e-3)
+    assert calls == _bf16_timesteps(2, 200.0)
     assert np.isfinite(frames).all()
