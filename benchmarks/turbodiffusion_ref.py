@@ -243,6 +243,7 @@ def build_td_model(name_or_config: str | dict = "Wan2.1-1.3B", attention: str = 
                 _emulate_cuda_autocast(module.proj_l, module.dtype)
     if fast_norm:
         td.modify_model.replace_linear_norm(net, replace_linear=False, replace_norm=True)
+        net.to(device)  # their fast norms create their weight buffers on the CPU (create_model moves the net after)
     place_rope(net, device)
     return net.eval()
 

@@ -8,8 +8,8 @@ Numerics (the spec; `fp8_linear_reference` is the oracle and the CPU path):
 - y[m, n] = s_x[m] · s_w[n] · Σ_k x_q[m, k] · W_q[n, k] (fp32 accumulation) + b[n], in the input's dtype.
 
 On CUDA GPUs with FP8 tensor cores (compute capability ≥ 8.9) the product is `torch._scaled_mm` with row-wise scales
-(cuBLASLt FP8 GEMM, scales applied in its epilogue); the activation quantisation is three element-wise torch ops that
-`torch.compile` fuses into the producer of x (norm / modulation), so compiled blocks pay no extra pass."""
+(cuBLASLt FP8 GEMM, scales applied in its epilogue) and the activations are quantised by one Triton pass per row
+(`fp8_kernel.py`, the custom op `turbo::fp8_quantize_rows`)."""
 
 from __future__ import annotations
 
@@ -54,9 +54,10 @@ def fp8_linear(x: Tensor, weight_q: Tensor, weight_scale: Tensor, bias: Tensor |
     """The FP8 W8A8 linear on a CUDA GPU with FP8 tensor cores: same signature and numerics as
     `fp8_linear_reference` (up to accumulation order; `fast_accum` trades Hopper's exact fp32 accumulation for speed).
     Needs K and N multiples of 16."""
+    from . import fp8_kernel  # noqa: F401  (registers torch.ops.turbo.fp8_quantize_rows)
+
     shape = x.shape
-    rows = x.reshape(-1, shape[-1])
-    x_q, x_scale = quantize_rows(rows)
+    x_q, x_scale = torch.ops.turbo.fp8_quantize_rows(x.reshape(-1, shape[-1]))
     out = torch._scaled_mm(x_q, weight_q.t(), scale_a=x_scale, scale_b=weight_scale[None, :], bias=None,
                            out_dtype=x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16,
                            use_fast_accum=fast_accum)
