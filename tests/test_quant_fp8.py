@@ -74,7 +74,9 @@ def test_accelerate_quantises_block_linears_only_and_restore_is_exact(kind):
     assert swapped
     if kind == "wan-t2v":
         assert all(n.startswith("blocks.") for n in swapped)
-        assert {"blocks.0.attn1.to_q", "blocks.0.ffn.net.2", "blocks.0.attn2.to_k"} <= swapped
+        assert {"blocks.0.attn1.to_q", "blocks.0.ffn.net.0.proj", "blocks.0.attn2.to_k"} <= swapped
+        ffn_down = model.get_submodule("blocks.0.ffn.net.2")  # 4x wider input than output: stays unquantised
+        assert (ffn_down.in_features >= 4 * ffn_down.out_features) == ("blocks.0.ffn.net.2" not in swapped)
     assert not any("norm" in n for n in swapped)
     assert not any(n.startswith(("condition_embedder", "proj_out", "patch_embedding", "x_embedder",
                                  "time_text_embed", "context_embedder")) for n in swapped)
@@ -110,18 +112,3 @@ def test_gpu_gemm_matches_the_reference():
     ref = fp8_linear_reference(x, w_q, w_s, b).float()
     assert float((fast - ref).norm() / ref.norm()) < 1e-2
 
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the Triton interpreter's float8 "
-                    "conversion does not round to nearest even, so the CPU cannot check this kernel)")
-@pytest.mark.parametrize("cols", [48, 1536, 5120, 8960, 13824])
-def test_gpu_row_quantisation_kernel_is_bit_identical_to_the_reference(cols):
-    from turbo.quant import fp8_kernel  # noqa: F401
-
-    torch.manual_seed(cols)
-    x = torch.randn(77, cols, device="cuda", dtype=torch.bfloat16) * 5
-    x[3] = 0
-    x[5, 7] = 1e4
-    q, scale = torch.ops.turbo.fp8_quantize_rows(x)
-    ref_q, ref_scale = quantize_rows(x)
-    assert torch.equal(scale, ref_scale)
-    assert torch.equal(q.view(torch.uint8), ref_q.view(torch.uint8))

@@ -1,7 +1,8 @@
 """Linear-layer quantisation of the transformer blocks (W8A8 FP8 built; INT8 and NVFP4/INT8 mixed not yet).
 
-`turbo.accelerate(pipe, quant="fp8")` swaps every `nn.Linear` inside the repeated transformer blocks (attention
-q/k/v/out, cross-attention, feed-forward) for `FP8Linear` (turbo/quant/fp8.py: e4m3 weights per output channel,
+`turbo.accelerate(pipe, quant="fp8")` swaps the `nn.Linear`s inside the transformer blocks (attention q/k/v/out,
+cross-attention, feed-forward; not projections whose input is ≥ 4× wider than their output, where quantising the
+activations costs more than the FP8 GEMM saves) for `FP8Linear` (turbo/quant/fp8.py: e4m3 weights per output channel,
 activations per token, cuBLASLt FP8 GEMM on GPUs with FP8 tensor cores). Embeddings, time/text projections, the
 final head, modulation linears and turbo's own attention parts stay in their dtype. The original linears are kept
 on the CPU while quantised (the GPU holds only the FP8 weights) and `turbo.restore` puts them back exactly.
@@ -19,6 +20,7 @@ from torch import nn
 from ..config import option, validate_options
 from ..errors import NotImplementedMethodError, TurboConfigError
 from ..registry import Feature, register_feature
+from .fp8 import WIDE_INPUT_RATIO
 
 QUANT_MODES = ("off", "fp8", "int8", "nvfp4-mixed")
 NOT_BUILT = {"int8": "W8A8 INT8 linear quantisation", "nvfp4-mixed": "NVFP4/INT8 mixed-precision quantisation"}
@@ -45,6 +47,8 @@ def block_linears(blocks: list[nn.Module]) -> list[tuple[nn.Module, str, nn.Line
         for name, module in block.named_modules():
             if not isinstance(module, nn.Linear) or any(part in name for part in SKIPPED_NAMES):
                 continue
+            if module.in_features >= WIDE_INPUT_RATIO * module.out_features:
+                continue  # the activation pass costs more than the FP8 GEMM saves (turbo/quant/fp8.py)
             parent_name, _, attr = name.rpartition(".")
             found.append((block.get_submodule(parent_name) if parent_name else block, attr, module))
     return found
