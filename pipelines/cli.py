@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 from pipelines import options, registry
 from pipelines.options import RequestError
@@ -354,6 +355,11 @@ def cmd_convert(args) -> int:
         print(f"  pipe = {pipeline}.from_pretrained({repo!r}, transformer=transformer, torch_dtype={torch_dtype})")
     print(f"  turbo.accelerate(pipe)  # the recipe; then pipe(..., num_inference_steps={sampler['steps']}, "
           "guidance_scale=1.0)")
+    preset = next((p for p in registry.list_models() if p.converted and repo == p.source
+                   and registry.converted_dir(p).resolve() == Path(report.output).resolve()), None)
+    model = preset.name if preset else repo
+    flag = "" if preset else f" --transformer {out}"
+    print(f"or: turbo generate --model {model}{flag} --prompt \"...\" --compile regional --quant fp8 --out video.mp4")
     return 0
 
 

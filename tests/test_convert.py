@@ -363,6 +363,7 @@ def test_cli_converts_and_prints(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "ckpt.pth"), "--out", str(tmp_path / "out"), "--dtype", "fp32"]) == 0
     text = capsys.readouterr().out
     assert "1 blocks, dim 256" in text and "SLA" in text and "turbo.accelerate" in text
+    assert f"turbo generate --model <the base Wan *-Diffusers repo> --transformer {tmp_path / 'out'}" in text
     assert_same_output(model, load(tmp_path / "out"), **inputs(model))
 
 
