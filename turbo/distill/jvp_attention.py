@@ -1,0 +1,262 @@
+"""Forward-mode (JVP) attention for rCM's sCM tangent: O = softmax(Q·Kᵀ·scale)·V and its tangent
+
+    tS = (tQ·Kᵀ + Q·tKᵀ)·scale,   tO = P·tV + (P ⊙ tS)·V − rowsum(P ⊙ tS) ⊙ O
+
+(the math of `rcm/utils/flash_attention_jvp_triton.py`). PyTorch's SDPA kernels have no forward-mode AD, so a Wan
+transformer needs this attention to go through `torch.func.jvp`.
+
+* `jvp_attention_reference` — the chunked pure-PyTorch spec (O(chunk × S_k) memory, ≥ float32 math).
+* `attention_with_jvp` — a `torch.autograd.Function`: primal and backward by SDPA, forward-mode tangent by a JVP
+  implementation with the reference's signature (the reference by default; a kernel can be passed in).
+* `JVPWanAttnProcessor`, `install_jvp_attention` / `remove_jvp_attention` / `using_jvp_attention` — route every
+  Wan attention call (self, text cross, I2V image cross) through it; installing returns the original processors.
+
+Layout [B, S, H, D] (turbo's / diffusers' dispatch layout); q and k/v lengths may differ (cross-attention).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import TurboError
+
+__all__ = [
+    "DEFAULT_CHUNK", "attention_reference", "jvp_attention_reference", "attention_backward_reference",
+    "JVPAttentionFunction", "attention_with_jvp", "JVPWanAttnProcessor", "install_jvp_attention",
+    "remove_jvp_attention", "using_jvp_attention",
+]
+
+DEFAULT_CHUNK = 1024  # query rows per chunk in the reference
+
+JVPFn = Callable[..., "tuple[torch.Tensor, torch.Tensor]"]
+
+
+def _math_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def _heads_first(x: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if x is None else x.transpose(1, 2).to(dtype)  # [B, S, H, D] -> [B, H, S, D]
+
+
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise TurboError(f"JVP attention takes [B, S, H, D] tensors; got shapes {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}.")
+    if k.shape[:3] != v.shape[:3] or q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2] \
+            or q.shape[3] != k.shape[3]:
+        raise TurboError(f"JVP attention shapes do not match: q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                         f"v {tuple(v.shape)} (batch, heads and q/k head dim must agree).")
+
+
+def jvp_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tq: torch.Tensor | None,
+                            tk: torch.Tensor | None, tv: torch.Tensor | None, scale: float | None = None,
+                            chunk: int = DEFAULT_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """(O, tO) of softmax attention at (q, k, v) along (tq, tk, tv).
+
+    q: [B, Sq, H, D]; k: [B, Sk, H, D]; v: [B, Sk, H, Dv]; a tangent may be None (zero). scale defaults to D^-½.
+    Chunked over query rows (`chunk` rows at a time), math in float32 (float64 stays float64). Both outputs are
+    [B, Sq, H, Dv] in q's dtype.
+    """
+    _check(q, k, v)
+    dtype = _math_dtype(q)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    B, Sq, H, _ = q.shape
+    qh, kh, vh = (_heads_first(x, dtype) for x in (q, k, v))
+    tqh, tkh, tvh = (_heads_first(x, dtype) for x in (tq, tk, tv))
+    kt = kh.transpose(-1, -2)
+    tkt = None if tkh is None else tkh.transpose(-1, -2)
+    out = torch.empty(B, Sq, H, v.shape[-1], dtype=q.dtype, device=q.device)
+    t_out = torch.empty_like(out)
+    for start in range(0, Sq, max(1, int(chunk))):
+        rows = slice(start, start + chunk)
+        qc = qh[:, :, rows]
+        p = torch.softmax((qc @ kt) * scale, dim=-1)  # [B, H, c, Sk]
+        oc = p @ vh
+        toc = torch.zeros_like(oc) if tvh is None else p @ tvh
+        ts = None
+        if tqh is not None:
+            ts = tqh[:, :, rows] @ kt
+        if tkt is not None:
+            ts = qc @ tkt if ts is None else ts + qc @ tkt
+        if ts is not None:
+            pts = p * (ts * scale)
+            toc = toc + pts @ vh - pts.sum(dim=-1, keepdim=True) * oc
+        out[:, rows] = oc.transpose(1, 2).to(q.dtype)
+        t_out[:, rows] = toc.transpose(1, 2).to(q.dtype)
+    return out, t_out
+
+
+def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
+                        chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
+    """Chunked materialised softmax attention, [B, S, H, D] in and out (the primal of `jvp_attention_reference`)."""
+    return jvp_attention_reference(q, k, v, None, None, None, scale=scale, chunk=chunk)[0]
+
+
+def attention_backward_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad_out: torch.Tensor,
+                                 scale: float | None = None, chunk: int = DEFAULT_CHUNK):
+    """(dq, dk, dv) of softmax attention for upstream grad_out [B, Sq, H, Dv], chunked over query rows."""
+    _check(q, k, v)
+    dtype = _math_dtype(q)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    qh, kh, vh, gh = (_heads_first(x, dtype) for x in (q, k, v, grad_out))
+    dq = torch.empty_like(qh)
+    dk, dv = torch.zeros_like(kh), torch.zeros_like(vh)
+    for start in range(0, q.shape[1], max(1, int(chunk))):
+        rows = slice(start, start + chunk)
+        qc, gc = qh[:, :, rows], gh[:, :, rows]
+        p = torch.softmax((qc @ kh.transpose(-1, -2)) * scale, dim=-1)
+        oc = p @ vh
+        dv += p.transpose(-1, -2) @ gc
+        ds = p * (gc @ vh.transpose(-1, -2) - (gc * oc).sum(dim=-1, keepdim=True))
+        dq[:, :, rows] = (ds @ kh) * scale
+        dk += (ds.transpose(-1, -2) @ qc) * scale
+    return tuple(x.transpose(1, 2).to(ref.dtype) for x, ref in ((dq, q), (dk, k), (dv, v)))
+
+
+def _sdpa(q, k, v, scale):
+    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                          scale=scale).transpose(1, 2)
+
+
+class JVPAttentionFunction(torch.autograd.Function):
+    """Dense attention with forward-mode AD ([B, S, H, D]). Primal: SDPA; backward: SDPA's backward on a
+    recomputation; JVP: `jvp_fn(q, k, v, tq, tk, tv, scale=, chunk=) -> (O, tO)` (tangents of inputs that carry
+    none arrive as None or zeros). Works under `torch.func.jvp` (setup_context style + `jvp` staticmethod)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(q, k, v, scale, chunk, jvp_fn):
+        return _sdpa(q, k, v, scale)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        q, k, v, scale, chunk, jvp_fn = inputs
+        ctx.scale, ctx.chunk, ctx.jvp_fn = scale, chunk, jvp_fn
+        ctx.save_for_backward(q, k, v)
+        ctx.save_for_forward(q, k, v)
+
+    @staticmethod
+    def jvp(ctx, tq, tk, tv, _scale, _chunk, _jvp_fn):
+        q, k, v = ctx.saved_tensors
+        return ctx.jvp_fn(q, k, v, tq, tk, tv, scale=ctx.scale, chunk=ctx.chunk)[1]
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v = ctx.saved_tensors
+        with torch.enable_grad():
+            leaves = [x.detach().requires_grad_(need) for x, need in zip((q, k, v), ctx.needs_input_grad[:3])]
+            out = _sdpa(*leaves, ctx.scale)
+            wanted = [x for x in leaves if x.requires_grad]
+            grads = iter(torch.autograd.grad(out, wanted, grad_out) if wanted else ())
+        return (*(next(grads) if x.requires_grad else None for x in leaves), None, None, None)
+
+
+def attention_with_jvp(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
+                       chunk: int = DEFAULT_CHUNK, jvp_fn: JVPFn | None = None) -> torch.Tensor:
+    """Dense softmax attention [B, Sq, H, D] × [B, Sk, H, D] → [B, Sq, H, Dv] that `torch.func.jvp` and
+    `torch.autograd` both go through. `jvp_fn` defaults to `jvp_attention_reference`."""
+    _check(q, k, v)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    return JVPAttentionFunction.apply(q, k, v, scale, int(chunk), jvp_fn or jvp_attention_reference)
+
+
+# ---- Wan processor --------------------------------------------------------------------------------------------------
+
+def _wan_rope(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
+    """Wan's interleaved RoPE on [B, S, H, D], written out-of-place (same values as the stock processor)."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = freqs_cos[..., 0::2], freqs_sin[..., 1::2]
+    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2).type_as(x)
+
+
+class JVPWanAttnProcessor:
+    """`WanAttnProcessor` with every attention product (self, text cross, I2V image cross) computed by
+    `attention_with_jvp`, so `torch.func.jvp` runs through the whole transformer. Projections, QK-norm across heads
+    and RoPE are the stock ones. `original` is the processor it replaced (kept for `remove_jvp_attention`)."""
+
+    def __init__(self, original=None, *, chunk: int = DEFAULT_CHUNK, jvp_fn: JVPFn | None = None):
+        self.original = original
+        self.chunk = chunk
+        self.jvp_fn = jvp_fn
+
+    def _attend(self, q, k, v):
+        return attention_with_jvp(q, k, v, chunk=self.chunk, jvp_fn=self.jvp_fn)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        if attention_mask is not None:
+            raise TurboError("JVP attention does not take an attention mask; Wan passes none, so this model is not "
+                             "a supported Wan transformer.")
+        image_states = None
+        if attn.add_k_proj is not None:
+            image_len = encoder_hidden_states.shape[1] - 512  # diffusers' WanAttnProcessor: text context is 512
+            image_states = encoder_hidden_states[:, :image_len]
+            encoder_hidden_states = encoder_hidden_states[:, image_len:]
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        if attn.fused_projections:
+            if not attn.is_cross_attention:
+                query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+            else:
+                query = attn.to_q(hidden_states)
+                key, value = attn.to_kv(context).chunk(2, dim=-1)
+        else:
+            query, key, value = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
+        query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
+        key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
+        value = value.unflatten(2, (attn.heads, -1))
+        if rotary_emb is not None:
+            query = _wan_rope(query, *rotary_emb)
+            key = _wan_rope(key, *rotary_emb)
+        out = self._attend(query, key, value).flatten(2, 3).type_as(query)
+        if image_states is not None:
+            if attn.fused_projections:
+                key_img, value_img = attn.to_added_kv(image_states).chunk(2, dim=-1)
+            else:
+                key_img, value_img = attn.add_k_proj(image_states), attn.add_v_proj(image_states)
+            key_img = attn.norm_added_k(key_img).unflatten(2, (attn.heads, -1))
+            value_img = value_img.unflatten(2, (attn.heads, -1))
+            out = out + self._attend(query, key_img, value_img).flatten(2, 3).type_as(query)
+        out = attn.to_out[0](out)
+        return attn.to_out[1](out)
+
+
+def install_jvp_attention(transformer: torch.nn.Module, *, chunk: int = DEFAULT_CHUNK,
+                          jvp_fn: JVPFn | None = None) -> dict:
+    """Put a `JVPWanAttnProcessor` on every attention module of a Wan transformer; returns the original processors
+    ({name: processor}) for `remove_jvp_attention`. Refuses other families and turbo's sparse methods."""
+    from ..adapters import METHOD_ATTR
+    from ..adapters.wan import WanAdapter
+
+    if type(transformer).__name__ not in WanAdapter.class_names:
+        raise TurboError(f"JVP attention supports {', '.join(WanAdapter.class_names)} for now, not "
+                         f"{type(transformer).__name__}.")
+    for name, module in transformer.named_modules():
+        method = getattr(module, METHOD_ATTR, None)
+        if method is not None:
+            raise TurboError(f"JVP needs dense attention for now: {name} runs turbo's {type(method).__name__}; "
+                             "call turbo.restore(pipe) before distilling.")
+    originals = dict(transformer.attn_processors)
+    transformer.set_attn_processor({name: JVPWanAttnProcessor(proc, chunk=chunk, jvp_fn=jvp_fn)
+                                    for name, proc in originals.items()})
+    return originals
+
+
+def remove_jvp_attention(transformer: torch.nn.Module, originals: dict) -> None:
+    """Put back the processors `install_jvp_attention` returned."""
+    transformer.set_attn_processor(dict(originals))
+
+
+@contextlib.contextmanager
+def using_jvp_attention(transformer: torch.nn.Module, *, chunk: int = DEFAULT_CHUNK,
+                        jvp_fn: JVPFn | None = None) -> Iterator[torch.nn.Module]:
+    """`with using_jvp_attention(model): ...` — install, then always remove."""
+    originals = install_jvp_attention(transformer, chunk=chunk, jvp_fn=jvp_fn)
+    try:
+        yield transformer
+    finally:
+        remove_jvp_attention(transformer, originals)
