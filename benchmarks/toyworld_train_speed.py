@@ -21,9 +21,9 @@ from turbo.toyworld.models import ToyWorldSizes, build_pipeline, build_vae
 
 
 def _timed(run, steps: int, skip: int) -> float:
-    """Seconds per step over steps `skip`..`steps - 1` of `run(steps)` (which calls `T._log` once per step)."""
+    """Seconds per step over steps `skip`..`steps - 1` of `run(steps)` (which calls `T.check_and_log` once per step)."""
     marks = {}
-    log = T._log
+    log = T.check_and_log
 
     def spy(name, step, plan, losses, log_every):
         if step in (skip, steps - 1):
@@ -31,11 +31,11 @@ def _timed(run, steps: int, skip: int) -> float:
             marks[step] = time.perf_counter()
         return log(name, step, plan, losses, log_every)
 
-    T._log = spy
+    T.check_and_log = spy
     try:
         run(steps)
     finally:
-        T._log = log
+        T.check_and_log = log
     return (marks[steps - 1] - marks[skip]) / (steps - 1 - skip)
 
 
@@ -59,15 +59,17 @@ def main() -> None:
         for graphs, compiled in variants:
             if model == "wan-vae":
                 def run(steps, graphs=graphs, batch=batch):
-                    T.train_vae(build_vae(sizes), steps, batch, frames=9, long_frames=33, long_every=4, crop=128,
-                                device="cuda", calibrate=False, sample_scale=0.0, fg_weight=10.0, mse_weight=1.0,
-                                num_objects=(2, 3, 4), cuda_graphs=graphs, show_progress=False, log_every=10**9)
+                    config = T.TrainConfig(steps=steps, batch_size=batch, device="cuda", lr=1e-3, cuda_graphs=graphs,
+                                           show_progress=False, log_every=10**9)
+                    T.train_vae(build_vae(sizes), config, T.VAETask(frames=9, long_frames=33, long_every=4, crop=128,
+                                                                    calibrate=False, sample_scale=0.0, fg_weight=10.0,
+                                                                    mse_weight=1.0, num_objects=(2, 3, 4)))
             else:
                 def run(steps, graphs=graphs, compiled=compiled, batch=batch, model=model):
                     pipe = build_pipeline(model, sizes)
-                    T.train_pipeline(pipe, model, steps, batch_size=batch, frames=(33, 17), device="cuda",
-                                     pool_size=max(64, batch), ema_decay=0.998, cuda_graphs=graphs,
-                                     compile_model=compiled, show_progress=False, log_every=10**9)
+                    config = T.TrainConfig(steps=steps, batch_size=batch, device="cuda", ema_decay=0.998,
+                                           cuda_graphs=graphs, compile=compiled, show_progress=False, log_every=10**9)
+                    T.train_pipeline(pipe, model, config, T.FlowTask(frames=(33, 17), pool_size=max(64, batch)))
             key = ("eager", "graphed", "graphed+compiled")[graphs + compiled]
             per_step[key] = _timed(run, args.steps, args.skip)
             torch.cuda.empty_cache()

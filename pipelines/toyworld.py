@@ -174,7 +174,7 @@ def _recipe(args, sizes, device, start, losses, **extra) -> dict:
 
 def cmd_vae(args) -> dict:
     from turbo.toyworld.models import build_hunyuan_vae, build_vae, sizes_with_vae
-    from turbo.toyworld.train import load_vae, reconstruction_check, save_vae, train_vae
+    from turbo.toyworld.train import TrainConfig, VAETask, load_vae, reconstruction_check, save_vae, train_vae
 
     sizes = _sizes(args.sizes)
     if args.vae_width:
@@ -198,13 +198,15 @@ def cmd_vae(args) -> dict:
     else:
         vae = (build_vae if args.family == "wan" else build_hunyuan_vae)(sizes, seed=args.seed)
     sizes = sizes_with_vae(sizes, vae)
-    losses = train_vae(vae, args.steps, args.batch_size, args.frames, height, width, seed=args.seed, device=device,
-                       lr=args.lr or 3e-4, log_every=args.log_every, minutes=args.minutes, schedule=args.schedule,
-                       calibrate_frames=sizes.frames, fg_weight=args.fg_weight, crop=args.crop or None,
-                       sample_scale=args.sample_scale, mse_weight=args.mse_weight, beta2=args.beta2,
-                       grad_clip=args.grad_clip, warmup=args.warmup, num_objects=args.objects,
-                       long_frames=args.long_frames, long_every=args.long_every, decoder_only=args.decoder_only,
-                       cuda_graphs=args.cuda_graphs)
+    config = TrainConfig(steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, seed=args.seed,
+                         device=str(device), lr=args.lr or 3e-4, beta2=args.beta2, grad_clip=args.grad_clip,
+                         warmup=args.warmup, schedule=args.schedule, cuda_graphs=args.cuda_graphs,
+                         log_every=args.log_every)
+    task = VAETask(frames=args.frames, height=height, width=width, fg_weight=args.fg_weight, crop=args.crop or None,
+                   sample_scale=args.sample_scale, mse_weight=args.mse_weight, num_objects=args.objects,
+                   long_frames=args.long_frames, long_every=args.long_every, decoder_only=args.decoder_only,
+                   calibrate_frames=sizes.frames)
+    losses = train_vae(vae, config, task)
     check = None
     if args.check:
         check = reconstruction_check(vae, args.check, sizes.frames, height, width, device=device)
@@ -222,7 +224,17 @@ def cmd_vae(args) -> dict:
 
 def cmd_train(args) -> dict:
     from turbo.toyworld.models import build_pipeline, param_report, sizes_with_vae
-    from turbo.toyworld.train import init_from, load_toyworld, load_vae, save_toyworld, train_pipeline, train_vae
+    from turbo.toyworld.train import (
+        FlowTask,
+        TrainConfig,
+        VAETask,
+        init_from,
+        load_toyworld,
+        load_vae,
+        save_toyworld,
+        train_pipeline,
+        train_vae,
+    )
 
     sizes = _sizes(args.sizes)
     frames = args.frames or (sizes.frames,)
@@ -243,17 +255,18 @@ def cmd_train(args) -> dict:
         print(f"transformer initialised from {args.init_from}; left as initialised: {', '.join(left) or 'nothing'}")
     vae_losses: list[float] = []
     if not args.vae:
-        vae_losses = train_vae(pipe.vae, args.vae_steps or args.steps or 100, args.batch_size, frames[0], height,
-                               width, seed=args.seed, device=device, log_every=args.log_every,
-                               cuda_graphs=args.cuda_graphs)
+        vae_config = TrainConfig(steps=args.vae_steps or args.steps or 100, batch_size=args.batch_size,
+                                 seed=args.seed, device=str(device), lr=1e-3, log_every=args.log_every,
+                                 cuda_graphs=args.cuda_graphs)
+        vae_losses = train_vae(pipe.vae, vae_config, VAETask(frames=frames[0], height=height, width=width))
     max_len = sizes.hunyuan_max_sequence_length if args.kind == "hunyuan-t2v" else sizes.max_sequence_length
-    losses = train_pipeline(
-        pipe, args.kind, args.steps, batch_size=args.batch_size, frames=frames, height=height, width=width,
-        seed=args.seed, device=device, lr=args.lr or 3e-4, cfg_dropout=args.cfg_dropout, ema_decay=args.ema,
-        timestep_shift=args.timestep_shift, max_sequence_length=max_len, log_every=args.log_every,
-        pool_size=args.pool_size, minutes=args.minutes, schedule=args.schedule, warmup=args.warmup,
-        cuda_graphs=args.cuda_graphs, compile_model=args.compile,
-    )  # fmt: skip
+    config = TrainConfig(steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, seed=args.seed,
+                         device=str(device), lr=args.lr or 3e-4, warmup=args.warmup, schedule=args.schedule,
+                         ema_decay=args.ema, cuda_graphs=args.cuda_graphs, compile=args.compile,
+                         log_every=args.log_every)
+    task = FlowTask(frames=frames, height=height, width=width, cfg_dropout=args.cfg_dropout,
+                    timestep_shift=args.timestep_shift, max_sequence_length=max_len, pool_size=args.pool_size)
+    losses = train_pipeline(pipe, args.kind, config, task)
     pipe.to("cpu")
     recipe = _recipe(args, sizes, device, start, losses, kind=args.kind, frames=list(frames),
                      height_width=[height, width], vae_from=args.vae, resumed_from=args.resume,

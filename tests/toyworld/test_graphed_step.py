@@ -6,17 +6,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from turbo.toyworld.graphed_step import GraphedStep
 from turbo.toyworld.models import ToyWorldSizes, build_pipeline, build_vae
 from turbo.toyworld.train import (
-    StepPlan,
+    FlowTask,
+    VAETask,
     _dropped_condition,
     _optimizer,
-    _TensorLambdaLR,
     _text_condition,
     train_pipeline,
     train_vae,
 )
+from turbo.training import GraphedStep, StepPlan, TensorLambdaLR, TrainConfig
 
 TINY = ToyWorldSizes.tiny()
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
@@ -27,7 +27,7 @@ def test_tensor_lr_schedule_matches_lambda_lr():
     p1, p2 = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
     reference = torch.optim.SGD([p1], lr=0.3)
     tensor_lr = torch.optim.SGD([p2], lr=torch.tensor(0.3))
-    a, b = torch.optim.lr_scheduler.LambdaLR(reference, factor), _TensorLambdaLR(tensor_lr, factor)
+    a, b = torch.optim.lr_scheduler.LambdaLR(reference, factor), TensorLambdaLR(tensor_lr, factor)
     for _ in range(12):
         assert float(tensor_lr.param_groups[0]["lr"]) == pytest.approx(reference.param_groups[0]["lr"])
         reference.step(), tensor_lr.step()
@@ -74,9 +74,11 @@ def test_graphed_vae_training_matches_eager():
     losses = []
     for graphs in (False, True):
         vae = build_vae(TINY, seed=0)
-        losses.append(train_vae(vae, 10, 2, frames=5, height=32, width=32, long_frames=9, long_every=2, seed=0,
-                                device="cuda", calibrate=False, sample_scale=0.0, fg_weight=10.0, cuda_graphs=graphs,
-                                show_progress=False))
+        config = TrainConfig(steps=10, batch_size=2, seed=0, device="cuda", lr=1e-3, cuda_graphs=graphs,
+                             show_progress=False)
+        task = VAETask(frames=5, height=32, width=32, long_frames=9, long_every=2, calibrate=False, sample_scale=0.0,
+                       fg_weight=10.0)
+        losses.append(train_vae(vae, config, task))
     torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), atol=2e-3, rtol=2e-3)
 
 
@@ -86,9 +88,9 @@ def test_graphed_transformer_training_matches_eager(kind, compile_model):
     losses, weights = [], []
     for graphs in (False, True):
         pipe = build_pipeline(kind, TINY, seed=0)
-        losses.append(train_pipeline(pipe, kind, 10, batch_size=2, frames=(5, 9), height=32, width=32, pool_size=4,
-                                     ema_decay=0.9, schedule="cosine", device="cuda", cuda_graphs=graphs,
-                                     compile_model=compile_model and graphs, show_progress=False))
+        config = TrainConfig(steps=10, batch_size=2, ema_decay=0.9, schedule="cosine", device="cuda",
+                             cuda_graphs=graphs, compile=compile_model and graphs, show_progress=False)
+        losses.append(train_pipeline(pipe, kind, config, FlowTask(frames=(5, 9), height=32, width=32, pool_size=4)))
         weights.append(torch.cat([p.detach().flatten() for p in pipe.transformer.parameters()]))
     # bf16 autocast: the two runs agree to rounding, and the graphed run really trained (weights moved alike)
     torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), atol=3e-2, rtol=3e-2)
@@ -97,5 +99,5 @@ def test_graphed_transformer_training_matches_eager(kind, compile_model):
 
 def test_capturable_optimizer_is_only_built_when_asked():
     plan = StepPlan(5)
-    _, opt, sched = _optimizer(torch.nn.Linear(2, 2), 0.1, 0.0, plan, warmup=0)
+    _, opt, sched = _optimizer(torch.nn.Linear(2, 2), TrainConfig(steps=5, lr=0.1, warmup=0), plan)
     assert isinstance(sched, torch.optim.lr_scheduler.LambdaLR) and not opt.defaults.get("capturable")

@@ -13,8 +13,11 @@ import torch
 from turbo.eval.harness import judge_prompts, prompt_set
 from turbo.toyworld.models import ToyWorldSizes, build_pipeline, build_vae, sampling_kwargs
 from turbo.toyworld.train import (
+    FlowTask,
     StepPlan,
     ToyWorldWeightsError,
+    TrainConfig,
+    VAETask,
     _optimizer,
     load_vae,
     save_vae,
@@ -23,6 +26,7 @@ from turbo.toyworld.train import (
 )
 
 TINY = ToyWorldSizes.tiny()
+TINY_CLIP = dict(frames=5, height=32, width=32, calibrate_count=1)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -64,7 +68,7 @@ def test_step_plan_slowing_down_still_ends_on_time():
 def test_cosine_schedule_ends_at_min_lr_on_the_planned_step():
     module = torch.nn.Linear(2, 2)
     plan = StepPlan(50)
-    _, opt, sched = _optimizer(module, 1.0, 0.0, plan, warmup=5, schedule="cosine", min_lr=0.1)
+    _, opt, sched = _optimizer(module, TrainConfig(steps=50, lr=1.0, warmup=5, schedule="cosine", min_lr=0.1), plan)
     lrs = []
     for _ in range(50):
         lrs.append(opt.param_groups[0]["lr"])
@@ -77,15 +81,15 @@ def test_cosine_schedule_ends_at_min_lr_on_the_planned_step():
 
 def test_pool_and_mixed_clip_lengths_train():
     pipe = build_pipeline("wan-i2v", TINY, seed=0)
-    train_vae(pipe.vae, 1, 1, frames=5, height=32, width=32, calibrate_count=1, show_progress=False)
-    losses = train_pipeline(pipe, "wan-i2v", 4, batch_size=2, frames=(5, 9), height=32, width=32, pool_size=3,
-                            lr=1e-3, schedule="cosine", ema_decay=0.9, show_progress=False)
+    train_vae(pipe.vae, TrainConfig(steps=1, batch_size=1, lr=1e-3, show_progress=False), VAETask(**TINY_CLIP))
+    config = TrainConfig(steps=4, batch_size=2, lr=1e-3, schedule="cosine", ema_decay=0.9, show_progress=False)
+    losses = train_pipeline(pipe, "wan-i2v", config, FlowTask(frames=(5, 9), height=32, width=32, pool_size=3))
     assert len(losses) == 4 and np.isfinite(losses).all()
 
 
 def test_vae_save_load_and_corruption(tmp_path):
     vae = build_vae(TINY, seed=0)
-    train_vae(vae, 1, 1, frames=5, height=32, width=32, calibrate_count=1, show_progress=False)
+    train_vae(vae, TrainConfig(steps=1, batch_size=1, lr=1e-3, show_progress=False), VAETask(**TINY_CLIP))
     save_vae(vae, tmp_path / "v", recipe={"command": "test"})
     loaded = load_vae(tmp_path / "v")
     assert loaded.config.latents_std == vae.config.latents_std
@@ -141,8 +145,9 @@ def test_residual_wan_vae_trains_and_generates(tmp_path):
 
     sizes = dataclasses.replace(TINY, vae_residual=True)
     vae = build_vae(sizes)
-    losses = train_vae(vae, 2, 1, frames=5, height=32, width=32, crop=16, long_frames=9, long_every=2,
-                       num_objects=(2, 3), calibrate_count=1, show_progress=False)
+    losses = train_vae(vae, TrainConfig(steps=2, batch_size=1, lr=1e-3, show_progress=False),
+                       VAETask(frames=5, height=32, width=32, crop=16, long_frames=9, long_every=2, num_objects=(2, 3),
+                               calibrate_count=1))
     assert len(losses) == 2 and np.isfinite(losses).all()
     save_vae(vae, tmp_path / "vae")
     pipe = build_pipeline("wan-t2v", TINY, vae=load_vae(tmp_path / "vae"))
@@ -170,18 +175,19 @@ def test_training_keeps_no_batch_alive(monkeypatch):
 
     monkeypatch.setattr(T, "_flow_batch", spy)
     pipe = build_pipeline("hunyuan-t2v", TINY, seed=0)
-    train_pipeline(pipe, "hunyuan-t2v", 6, batch_size=2, frames=(5, 9), height=32, width=32, pool_size=3,
-                   ema_decay=0.9, show_progress=False)
+    train_pipeline(pipe, "hunyuan-t2v", TrainConfig(steps=6, batch_size=2, ema_decay=0.9, show_progress=False),
+                   FlowTask(frames=(5, 9), height=32, width=32, pool_size=3))
     gc.collect()
     assert len(refs) == 6 and all(r() is None for step in refs for r in step)
 
 
 def test_decoder_only_vae_training_keeps_the_latents():
     vae = build_vae(TINY, seed=0)
-    train_vae(vae, 2, 1, frames=5, height=32, width=32, calibrate_count=1, show_progress=False)
+    train_vae(vae, TrainConfig(steps=2, batch_size=1, lr=1e-3, show_progress=False), VAETask(**TINY_CLIP))
     before = {n: p.detach().clone() for n, p in vae.named_parameters()}
     stats = (list(vae.config.latents_mean), list(vae.config.latents_std))
-    train_vae(vae, 3, 1, frames=5, height=32, width=32, lr=1e-2, decoder_only=True, seed=1, show_progress=False)
+    train_vae(vae, TrainConfig(steps=3, batch_size=1, lr=1e-2, seed=1, show_progress=False),
+              VAETask(frames=5, height=32, width=32, decoder_only=True))
     changed = {n for n, p in vae.named_parameters() if not torch.equal(p.detach(), before[n])}
     assert changed and all(n.startswith(("decoder.", "post_quant_conv.")) for n in changed)
     assert (list(vae.config.latents_mean), list(vae.config.latents_std)) == stats

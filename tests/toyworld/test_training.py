@@ -12,7 +12,10 @@ import torch
 from turbo.toyworld.models import KINDS, ToyWorldSizes, build_pipeline, build_vae, param_report, video_tokens
 from turbo.toyworld.tokenizer import UNK_ID, caption_tokenizer, encode_prompts
 from turbo.toyworld.train import (
+    FlowTask,
     ToyWorldWeightsError,
+    TrainConfig,
+    VAETask,
     load_toyworld,
     save_toyworld,
     train_pipeline,
@@ -58,9 +61,10 @@ def trained(_one_thread):
     out = {}
     for kind in KINDS:
         pipe = build_pipeline(kind, TINY, seed=0)
-        train_vae(pipe.vae, 2, 1, **SHAPE, seed=0, calibrate_count=2, show_progress=False)
-        losses = train_pipeline(pipe, kind, 3, batch_size=2, **SHAPE, seed=0, lr=1e-3,
-                                max_sequence_length=_max_len(kind), show_progress=False)
+        train_vae(pipe.vae, TrainConfig(steps=2, batch_size=1, seed=0, lr=1e-3, show_progress=False),
+                  VAETask(**SHAPE, calibrate_count=2))
+        losses = train_pipeline(pipe, kind, TrainConfig(steps=3, batch_size=2, seed=0, lr=1e-3, show_progress=False),
+                                FlowTask(**SHAPE, max_sequence_length=_max_len(kind)))
         out[kind] = (pipe, losses)
     return out
 
@@ -105,8 +109,8 @@ def test_sizes_tokens_and_budget():
 
 def test_vae_overfits_fixed_batch():
     vae = build_vae(TINY, seed=0)
-    losses = train_vae(vae, 20, 1, **SHAPE, seed=3, lr=3e-3, fixed_batch=True, calibrate_count=2, warmup=0,
-                       show_progress=False)
+    losses = train_vae(vae, TrainConfig(steps=20, batch_size=1, seed=3, lr=3e-3, warmup=0, show_progress=False),
+                       VAETask(**SHAPE, fixed_batch=True, calibrate_count=2))
     assert all(np.isfinite(losses))
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
     assert len(vae.config.latents_mean) == 16 and all(s > 0 for s in vae.config.latents_std)
@@ -115,8 +119,9 @@ def test_vae_overfits_fixed_batch():
 def test_t2v_transformer_overfits_fixed_batch(trained):
     pipe, _ = trained["wan-t2v"]
     transformer = build_pipeline("wan-t2v", TINY, seed=1).transformer
-    losses = train_transformer(transformer, pipe.vae, pipe.text_encoder, pipe.tokenizer, "wan-t2v", 20, 2, **SHAPE,
-                               seed=5, lr=2e-3, fixed_batch=True, warmup=0, show_progress=False)
+    config = TrainConfig(steps=20, batch_size=2, seed=5, lr=2e-3, warmup=0, show_progress=False)
+    losses = train_transformer(transformer, pipe.vae, pipe.text_encoder, pipe.tokenizer, "wan-t2v", config,
+                               FlowTask(**SHAPE, fixed_batch=True))
     assert all(np.isfinite(losses))
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
 

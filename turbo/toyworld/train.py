@@ -9,14 +9,15 @@
 * `save_toyworld` / `load_toyworld`: ``save_pretrained`` (safetensors) plus ``checksums.json`` (sha256 of every file);
   loading verifies every checksum first and names the file and the expected checksum on any mismatch.
 
-On CUDA the transformer trains in bf16 autocast with fp32 master weights; on a CPU everything is fp32.
+On CUDA the transformer trains in bf16 autocast with fp32 master weights; on a CPU everything is fp32. The budget,
+optimizer and schedule, EMA, CUDA-graph/compiled steps and checksums are `turbo.training`'s (a `TrainConfig` per
+run); this module holds what is ToyWorld's: its data (`VAETask`, `FlowTask`), losses and pipeline directories.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import hashlib
+import dataclasses
 import json
 import logging
 import math
@@ -26,15 +27,34 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from turbo.errors import TurboError
-from turbo.toyworld.graphed_step import GraphedStep
 from turbo.toyworld.tokenizer import encode_prompts
 from turbo.toyworld.videos import sample_videos
+from turbo.training import (
+    CHECKSUMS_FILE,
+    ChecksumError,
+    CompiledForward,
+    GraphedStep,
+    StepPlan,
+    TrainConfig,
+    autocast,
+    backward_and_step,
+    build_optimizer,
+    check_and_log,
+    finite_values,
+    make_ema,
+    progress,
+    seal_directory,
+    use_cuda_graphs,
+)
+from turbo.training import verify_checksums as _verify_checksums
 
 __all__ = [
     "CHECKSUMS_FILE",
+    "FlowTask",
     "StepPlan",
     "ToyWorldWeightsError",
+    "TrainConfig",
+    "VAETask",
     "calibrate_vae",
     "denormalize_latents",
     "encode_latents",
@@ -48,25 +68,73 @@ __all__ = [
     "train_pipeline",
     "train_transformer",
     "train_vae",
+    "verify_checksums",
 ]
 
 logger = logging.getLogger("turbo")
 
-CHECKSUMS_FILE = "checksums.json"
 RECIPE_FILE = "toyworld_recipe.json"
 
 
-class ToyWorldWeightsError(TurboError, OSError):
+class ToyWorldWeightsError(ChecksumError):
     """A ToyWorld weight directory is incomplete or a file does not match its recorded sha256."""
 
 
+@dataclasses.dataclass(frozen=True)
+class VAETask:
+    """What `train_vae` trains on and with which loss (the budget/optimizer/EMA are the `TrainConfig`).
+
+    Clips of `frames` x `height` x `width` (every `long_every`-th step `long_frames` frames instead: the causal VAEs
+    do not extrapolate past the clip length they trained on); `num_objects` per video (an int or choices); `crop`
+    trains on random square crops. Loss: L1 (+ `mse_weight` x squared error) weighted ``1 + fg_weight`` on object
+    pixels, plus `kl_weight` x KL; `sample_scale` scales the posterior noise of the decoded sample (0: the posterior
+    mean, what the pipelines encode with). `fixed_batch`: every step the same batch and noise (an overfit check).
+    `decoder_only`: train the decoder (and ``post_quant_conv``) only, keeping the latents and their normalisation.
+    `calibrate`: afterwards `calibrate_vae` on `calibrate_count` videos of `calibrate_frames` (default `frames`).
+    """
+
+    frames: int = 33
+    height: int = 256
+    width: int = 256
+    kl_weight: float = 1e-4
+    fg_weight: float = 0.0
+    crop: int | None = None
+    sample_scale: float = 1.0
+    mse_weight: float = 0.0
+    num_objects: int | tuple[int, ...] = (1, 2)
+    long_frames: int | None = None
+    long_every: int = 0
+    decoder_only: bool = False
+    fixed_batch: bool = False
+    calibrate: bool = True
+    calibrate_count: int = 16
+    calibrate_frames: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowTask:
+    """What `train_transformer` trains on: rectified flow matching on ToyWorld clips.
+
+    `frames` may be a tuple of frame counts (step k uses ``frames[k % len(frames)]``). Captions are dropped to the
+    empty prompt with probability `cfg_dropout`; t is logit-normal(`logit_mean`, `logit_std`) shifted by
+    `timestep_shift`. `max_sequence_length` defaults to the pipelines' (Wan 512, Hunyuan 256). `pool_size` > 0: the
+    VAE encodes that many videos per frame count once and each step draws its batch from the pool. `fixed_batch`:
+    every step the same videos, captions, dropout, noise and t (an overfit check).
+    """
+
+    frames: int | tuple[int, ...] = 33
+    height: int = 256
+    width: int = 256
+    cfg_dropout: float = 0.1
+    max_sequence_length: int | None = None
+    timestep_shift: float = 1.0
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    pool_size: int = 0
+    fixed_batch: bool = False
+
+
 # ------------------------------------------------------------------------------------------------------------ helpers
-
-
-def _autocast(device: torch.device):
-    if device.type == "cuda":  # no cast cache: a captured CUDA graph must not keep casts across steps
-        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
-    return contextlib.nullcontext()
 
 
 def _videos(seed: int, batch_size: int, frames: int, height: int, width: int, device,
@@ -93,161 +161,12 @@ def _to_fp32(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-class _EMA:
-    def __init__(self, module: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.shadow = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
-
-    @torch.no_grad()
-    def update(self, module: torch.nn.Module) -> None:
-        pairs = [(self.shadow[n], p.detach()) for n, p in module.named_parameters() if n in self.shadow]
-        if pairs:
-            shadow, live = zip(*pairs, strict=True)
-            torch._foreach_lerp_(list(shadow), list(live), 1 - self.decay)
-
-    @torch.no_grad()
-    def copy_to(self, module: torch.nn.Module) -> None:
-        for n, p in module.named_parameters():
-            if n in self.shadow:
-                p.copy_(self.shadow[n])
-
-
-class StepPlan:
-    """How many steps a loop runs: a fixed count, or as many as fit in `minutes` of wall time.
-
-    With `minutes`, the loop runs `probe` steps, measures the time per step over the last ``probe // 2`` of them and
-    fixes ``total`` (at most `max_steps` when given); every `probe` steps after that it re-estimates ``total`` from the
-    rate since the probe (other processes on the same GPU come and go), and it stops once the wall time is spent
-    whatever the estimate. The learning-rate schedule reads ``total`` lazily, so a cosine decay follows the estimate;
-    `stop(step)` says when to leave the loop.
-    """
-
-    def __init__(self, steps: int | None, minutes: float | None = None, probe: int = 30):
-        if steps is None and minutes is None:
-            raise ValueError("give steps, minutes or both")
-        if steps is not None and steps < 0:
-            raise ValueError(f"steps must be >= 0, got {steps}")
-        if minutes is not None and minutes <= 0:
-            raise ValueError(f"minutes must be > 0, got {minutes}")
-        self.max_steps, self.minutes, self.probe = steps, minutes, max(4, probe)
-        self.total = steps if minutes is None else (steps or 10**9)
-        self._times: list[float] = []
-        self._start = None
-
-    def _fit(self, step: int, now: float) -> None:
-        """``total`` from the rate since step ``probe // 2`` (the first steps include warm-up costs)."""
-        since_step = self.probe // 2
-        per_step = (now - self._times[since_step]) / max(1, step - since_step)
-        fit = step + int((self.minutes * 60.0 - (now - self._start)) / max(per_step, 1e-6))
-        self.total = max(self.probe, fit if self.max_steps is None else min(fit, self.max_steps))
-
-    def stop(self, step: int) -> bool:
-        import time
-
-        now = time.perf_counter()
-        if self._start is None:
-            self._start = now
-        if self.minutes is not None:
-            if step <= self.probe:
-                self._times.append(now)
-            if step >= self.probe and step % self.probe == 0:
-                self._fit(step, now)
-            if step > self.probe and now - self._start > self.minutes * 60.0:
-                self.total = step
-        return step >= self.total
-
-
-class _TensorLambdaLR:
-    """`LambdaLR` for an optimizer whose learning rate is a device tensor (capturable AdamW): the rate is written into
-    that tensor in place, so a captured CUDA graph reads each step's value."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, factor):
-        self.optimizer, self.factor, self.last_epoch = optimizer, factor, 0
-        self.base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
-        self._apply()
-
-    def _apply(self) -> None:
-        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
-            group["lr"].fill_(base * self.factor(self.last_epoch))
-
-    def step(self) -> None:
-        self.last_epoch += 1
-        self._apply()
-
-
-def _optimizer(module, lr, weight_decay, plan: StepPlan, warmup, schedule: str = "constant", min_lr: float = 0.1,
-               beta2: float = 0.99, capturable: bool = False):
-    """AdamW with a linear warm-up, then a constant rate or a cosine decay to ``min_lr * lr`` at ``plan.total``.
-
-    `capturable`: an AdamW that a CUDA graph can capture (state and learning rate on the device)."""
-    if schedule not in ("constant", "cosine"):
-        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+def _optimizer(module: torch.nn.Module, config: TrainConfig, plan: StepPlan, capturable: bool = False):
+    """(trainable params, AdamW, LR scheduler) of `module`; ToyWorld caps the warm-up at a tenth of a fixed budget."""
     params = [p for p in module.parameters() if p.requires_grad]
-    if capturable:
-        opt = torch.optim.AdamW(params, lr=torch.tensor(float(lr), device=params[0].device), betas=(0.9, beta2),
-                                weight_decay=weight_decay, capturable=True, foreach=True)
-    else:
-        opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, beta2), weight_decay=weight_decay)
-    warmup = max(0, warmup if plan.max_steps is None else min(warmup, plan.max_steps // 10))
-
-    def factor(s: int) -> float:
-        if warmup and s < warmup:
-            return (s + 1) / warmup
-        if schedule == "constant":
-            return 1.0
-        span = max(1, plan.total - warmup)
-        progress = min(1.0, (s - warmup) / span)
-        return min_lr + (1 - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    sched = _TensorLambdaLR(opt, factor) if capturable else torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    warmup = max(0, config.warmup if plan.max_steps is None else min(config.warmup, plan.max_steps // 10))
+    opt, sched = build_optimizer(params, config, plan, capturable=capturable, warmup=warmup)
     return params, opt, sched
-
-
-def _progress(plan: StepPlan, desc: str, show: bool | None):
-    """A tqdm bar over the steps of `plan` (its total is refreshed once a time budget fixes it)."""
-    import itertools
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=plan.total if plan.minutes is None else None, desc=desc, leave=False,
-               disable=(not show) if show is not None else None)
-    for step in itertools.count():
-        if plan.stop(step):
-            break
-        if plan.minutes is not None and bar.total != plan.total and step == plan.probe:
-            bar.total = plan.total
-            bar.refresh()
-        yield step
-        bar.update(1)
-    bar.close()
-
-
-def _log(name: str, step: int, plan: StepPlan, losses: list, log_every: int) -> None:
-    """Every `log_every` steps: check the losses since the last check are finite (one GPU sync) and log their mean.
-
-    `losses` holds detached 0-d tensors (no per-step synchronisation); they are checked and logged in windows.
-    """
-    if not log_every or (step + 1) % log_every:
-        return
-    window = torch.stack(losses[-log_every:]).float().cpu()
-    if not torch.isfinite(window).all():
-        bad = int((~torch.isfinite(window)).nonzero()[0]) + step + 1 - len(window)
-        raise FloatingPointError(f"{name}: loss became {float(window[bad - step - 1 + len(window)])} at step {bad}; "
-                                 "lower the learning rate")
-    total = "?" if plan.minutes is not None and step < plan.probe else plan.total
-    memory = (f", GPU memory {torch.cuda.memory_allocated() / 2**30:.1f} GiB (peak "
-              f"{torch.cuda.max_memory_allocated() / 2**30:.1f})" if torch.cuda.is_available() else "")
-    logger.info("%s step %d/%s loss %.5f (mean of last %d: %.5f)%s", name, step + 1, total, float(window[-1]),
-                len(window), float(window.mean()), memory)
-
-
-def _finish(name: str, losses: list) -> list[float]:
-    """Loss tensors -> floats; raises FloatingPointError if any is not finite."""
-    values = torch.stack(losses).float().cpu().tolist() if losses else []
-    for step, value in enumerate(values):
-        if not math.isfinite(value):
-            raise FloatingPointError(f"{name}: loss became {value} at step {step}; lower the learning rate")
-    return values
 
 
 # ---------------------------------------------------------------------------------------------------------------- VAE
@@ -342,111 +261,60 @@ def _latent_shape(x: torch.Tensor, z_dim: int = 16) -> tuple[int, ...]:
     return (b, z_dim, (f - 1) // 4 + 1, h // 8, w // 8)
 
 
-def _update(loss, opt, params, grad_clip, ema, model) -> None:
-    """Backward, optional gradient clipping, optimizer step and EMA (no CPU synchronisation: CUDA-graph safe)."""
-    loss.backward()
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    opt.step()
-    if ema is not None:
-        ema.update(model)
+def train_vae(vae, config: TrainConfig, task: VAETask = VAETask()) -> list[float]:
+    """Train `vae` (AutoencoderKLWan or AutoencoderKLHunyuanVideo) in place on `task`; returns the loss of every step.
 
-
-def train_vae(
-    vae,
-    steps: int | None,
-    batch_size: int = 2,
-    frames: int = 33,
-    height: int = 256,
-    width: int = 256,
-    seed: int = 0,
-    device="cpu",
-    lr: float = 1e-3,
-    *,
-    kl_weight: float = 1e-4,
-    weight_decay: float = 0.0,
-    grad_clip: float = 1.0,
-    ema_decay: float | None = None,
-    warmup: int = 100,
-    log_every: int = 50,
-    fixed_batch: bool = False,
-    calibrate: bool = True,
-    calibrate_count: int = 16,
-    calibrate_frames: int | None = None,
-    fg_weight: float = 0.0,
-    crop: int | None = None,
-    sample_scale: float = 1.0,
-    mse_weight: float = 0.0,
-    beta2: float = 0.99,
-    minutes: float | None = None,
-    schedule: str = "constant",
-    num_objects=(1, 2),
-    long_frames: int | None = None,
-    long_every: int = 0,
-    decoder_only: bool = False,
-    cuda_graphs: bool = True,
-    show_progress: bool | None = None,
-) -> list[float]:
-    """Train `vae` (AutoencoderKLWan or AutoencoderKLHunyuanVideo) in place; returns the loss of every step.
-
-    `steps` steps, or with `minutes` as many as fit in that wall time (at most `steps` when also given; see
-    `StepPlan`); `schedule` "cosine" decays the learning rate to a tenth at the last step. `fg_weight` multiplies
-    the reconstruction loss on object pixels by ``1 + fg_weight``; `crop` trains on random square crops.
-    `num_objects` (an int or choices) sets the objects per training video: more objects, more object pixels per step.
-    Every `long_every`-th step trains on `long_frames`-frame clips instead of `frames`: the causal VAEs do not
-    extrapolate past the clip length they trained on (the zero padding at the start is in every receptive field of a
-    short clip), so the longest clip the pipelines generate must be seen. `sample_scale` scales the posterior noise
-    of the decoded sample (0: a plain autoencoder on the posterior mean, which is what the pipelines encode with; it
-    learns much faster). `mse_weight` adds that times the squared error to the per-pixel L1; `beta2` is AdamW's
-    second-moment decay; ``grad_clip=0`` disables clipping. Batches are fresh `sample_videos` draws (seed derived
-    from `seed` and the step); with `fixed_batch` every step sees the same batch and the same posterior noise (an
-    overfit check). The VAE trains in fp32 (also on CUDA: the Wan causal convolutions are small and bf16 hurts
-    reconstruction). Afterwards `calibrate_vae` sets the latent normalisation (unless `calibrate` is False) and the
-    VAE is left in eval mode. On CUDA with `cuda_graphs` each step (forward, backward, update) replays a CUDA graph
-    per clip length (see `GraphedStep`).
-    `decoder_only` trains the decoder (and ``post_quant_conv``) of a trained VAE and freezes the rest: the latents do
-    not change, so transformers trained on them stay valid and the latent normalisation is kept (no calibration).
+    `config` gives the budget (`StepPlan`: steps and/or minutes), batch size, seed, device, AdamW + schedule, EMA and
+    CUDA graphs. Batches are fresh `sample_videos` draws (seed derived from ``config.seed`` and the step). The VAE
+    trains in fp32 (also on CUDA: the Wan causal convolutions are small and bf16 hurts reconstruction). Afterwards
+    `calibrate_vae` sets the latent normalisation (unless ``task.calibrate`` is False or ``task.decoder_only``) and
+    the VAE is left in eval mode. On CUDA with ``config.cuda_graphs`` each step (forward, backward, update) replays a
+    CUDA graph per clip length (see `GraphedStep`).
     """
-    _check_shape(frames, height, width)
-    if long_every:
-        _check_shape(long_frames or 0, height, width)
-    device = torch.device(device)
-    torch.manual_seed(seed)
+    t = task
+    _check_shape(t.frames, t.height, t.width)
+    if t.long_every:
+        _check_shape(t.long_frames or 0, t.height, t.width)
+    device = torch.device(config.device)
+    torch.manual_seed(config.seed)
     _to_fp32(vae.to(device)).train()
-    if decoder_only:
+    calibrate = t.calibrate
+    if t.decoder_only:
         decoding = ("decoder.", "post_quant_conv.")
         for name, param in vae.named_parameters():
             param.requires_grad_(name.startswith(decoding))
         calibrate = False
-    plan = StepPlan(steps, minutes)
-    graphs = cuda_graphs and device.type == "cuda"
-    params, opt, sched = _optimizer(vae, lr, weight_decay, plan, warmup, schedule, beta2=beta2, capturable=graphs)
-    ema = _EMA(vae, ema_decay) if ema_decay else None
+    plan = StepPlan.from_config(config)
+    graphs = use_cuda_graphs(config.cuda_graphs, device, "VAE training step")
+    params, opt, sched = _optimizer(vae, config, plan, capturable=graphs)
+    ema = make_ema(vae, config)
 
     def step_fn(x, weight, *noise):
-        loss = _vae_step_loss(vae, x, weight, noise[0] if noise else None, kl_weight, mse_weight)
-        _update(loss, opt, params, grad_clip, ema, vae)
+        loss = _vae_step_loss(vae, x, weight, noise[0] if noise else None, t.kl_weight, t.mse_weight)
+        backward_and_step(loss, opt, params, config.grad_clip, ema, vae)
         return loss
 
-    step_fn = GraphedStep(step_fn, opt, graphs)
+    step_fn = GraphedStep(step_fn, opt, graphs, device=device, name="VAE training step")
     losses: list[torch.Tensor] = []
-    for step in _progress(plan, "vae", show_progress):
-        clip = long_frames if long_every and step % long_every == long_every - 1 else frames
-        x, _ = _videos(_step_seed(seed, step, fixed_batch), batch_size, clip, height, width, device, num_objects)
-        gen = torch.Generator().manual_seed(_step_seed(seed + 17, step, fixed_batch))
-        weight = _foreground_weight(x, fg_weight) if fg_weight else torch.ones_like(x[:, :1])
-        both = _random_crop(torch.cat([x, weight], dim=1), crop, gen)  # one window for video and weight
+    seed, batch_size = config.seed, config.batch_size
+    for step in progress(plan, "vae", config.show_progress):
+        clip = t.long_frames if t.long_every and step % t.long_every == t.long_every - 1 else t.frames
+        x, _ = _videos(_step_seed(seed, step, t.fixed_batch), batch_size, clip, t.height, t.width, device,
+                       t.num_objects)
+        gen = torch.Generator().manual_seed(_step_seed(seed + 17, step, t.fixed_batch))
+        weight = _foreground_weight(x, t.fg_weight) if t.fg_weight else torch.ones_like(x[:, :1])
+        both = _random_crop(torch.cat([x, weight], dim=1), t.crop, gen)  # one window for video and weight
         x, weight = both[:, :3], both[:, 3:]
-        noise = (sample_scale * torch.randn(_latent_shape(x), generator=gen).to(device),) if sample_scale else ()
+        noise = (t.sample_scale * torch.randn(_latent_shape(x), generator=gen).to(device),) if t.sample_scale else ()
         losses.append(step_fn(x, weight, *noise))
         sched.step()
-        _log("vae", step, plan, losses, log_every)
-    values = _finish("train_vae", losses)
+        check_and_log("vae", step, plan, losses, config.log_every)
+    values = finite_values("train_vae", losses)
     if ema is not None:
         ema.copy_to(vae)
     vae.requires_grad_(True).eval()
     if calibrate:
-        calibrate_vae(vae, calibrate_count, frames=calibrate_frames or frames, height=height, width=width,
+        calibrate_vae(vae, t.calibrate_count, frames=t.calibrate_frames or t.frames, height=t.height, width=t.width,
                       seed=seed + 1, device=device)
     return values
 
@@ -541,25 +409,6 @@ def _text_condition(kind, captions, tokenizer, text_encoder, tokenizer_2, text_e
     ids2, _ = encode_prompts(tokenizer_2, captions, 77, warn=False)
     pooled = text_encoder_2(ids2.to(device), output_hidden_states=False).pooler_output.float()
     return {"encoder_hidden_states": emb, "encoder_attention_mask": mask.float(), "pooled_projections": pooled}
-
-
-class _CompiledForward:
-    """``torch.compile(module)`` when `enabled`, called like the module; if compiling fails, warns once and calls the
-    module eagerly from then on (a failed first call has changed nothing: no backward or update ran yet)."""
-
-    def __init__(self, module: torch.nn.Module, enabled: bool):
-        self.module = module
-        self.compiled = torch.compile(module, dynamic=False) if enabled else None  # one graph per clip length
-
-    def __call__(self, *args, **kwargs):
-        if self.compiled is not None:
-            try:
-                return self.compiled(*args, **kwargs)
-            except Exception as error:  # noqa: BLE001 - any compiler failure: train eagerly
-                logger.warning("torch.compile of the transformer failed (%s: %s); training eagerly",
-                               type(error).__name__, str(error).splitlines()[0] if str(error) else "")
-                self.compiled = None
-        return self.module(*args, **kwargs)
 
 
 def _sample_t(generator: torch.Generator, n: int, mean: float, std: float, shift: float) -> torch.Tensor:
@@ -663,52 +512,27 @@ def train_transformer(
     text_encoder,
     tokenizer,
     kind: str,
-    steps: int | None,
-    batch_size: int = 2,
-    frames: int | tuple[int, ...] = 33,
-    height: int = 256,
-    width: int = 256,
-    seed: int = 0,
-    device="cpu",
-    lr: float = 3e-4,
-    cfg_dropout: float = 0.1,
+    config: TrainConfig,
+    task: FlowTask = FlowTask(),
     *,
     text_encoder_2=None,
     tokenizer_2=None,
     image_encoder=None,
     image_processor=None,
-    max_sequence_length: int | None = None,
-    weight_decay: float = 0.0,
-    grad_clip: float = 1.0,
-    ema_decay: float | None = None,
-    warmup: int = 100,
-    timestep_shift: float = 1.0,
-    logit_mean: float = 0.0,
-    logit_std: float = 1.0,
-    log_every: int = 50,
-    fixed_batch: bool = False,
-    pool_size: int = 0,
-    minutes: float | None = None,
-    schedule: str = "constant",
-    cuda_graphs: bool = True,
-    compile_model: bool = False,
-    show_progress: bool | None = None,
 ) -> list[float]:
-    """Train `transformer` in place with rectified flow matching; returns the loss of every step.
+    """Train `transformer` in place with rectified flow matching on `task`; returns the loss of every step.
 
     `kind` is "wan-t2v", "wan-i2v" (also needs `image_encoder`, `image_processor`) or "hunyuan-t2v" (`text_encoder`
     is the Llama model, `text_encoder_2` the CLIP text model; `tokenizer_2` defaults to `tokenizer`). The VAE and the
-    text/image encoders are frozen. `max_sequence_length` defaults to the pipelines' (Wan 512, Hunyuan 256): the Wan
-    transformers cross-attend to the zero-padded positions too, so training must pad as sampling does.
+    text/image encoders are frozen. The default ``task.max_sequence_length`` is the pipelines' (Wan 512, Hunyuan
+    256): the Wan transformers cross-attend to the zero-padded positions too, so training must pad as sampling does.
 
-    `frames` may be a tuple of frame counts (step k uses ``frames[k % len(frames)]``), so one model serves both the
-    evaluation and the demo clip length. With `pool_size` > 0 the VAE encodes `pool_size` videos per frame count once
-    and each step draws its batch from that pool (fresh caption dropout, noise and t every step): the VAE encoder then
-    costs nothing per step. `steps`, `minutes` and `schedule` work as in `train_vae`.
-    With `fixed_batch` every step uses the same videos, captions, caption dropout, noise and t (an overfit check).
-    On CUDA with `cuda_graphs` each step (forward, backward, update) replays a CUDA graph (see `GraphedStep`);
-    `compile_model` runs the forward through ``torch.compile`` (fuses the memory-bound elementwise work that dominates
-    at these widths; compiling takes a minute per clip length; falls back to eager if compiling fails).
+    `config` gives the budget, batch size, seed, device, AdamW + schedule and EMA (its average is copied into the
+    transformer at the end). On CUDA the transformer trains in bf16 autocast with fp32 master weights; with
+    ``config.cuda_graphs`` each step (forward, backward, update) replays a CUDA graph (see `GraphedStep`);
+    ``config.compile`` runs the forward through ``torch.compile`` (fuses the memory-bound elementwise work that
+    dominates at these widths; compiling takes a minute per clip length; a failure is logged and the forward runs
+    eagerly).
     """
     from turbo.toyworld.models import KINDS
 
@@ -718,62 +542,65 @@ def train_transformer(
         raise ValueError("train_transformer(kind='wan-i2v') needs image_encoder and image_processor")
     if kind == "hunyuan-t2v" and text_encoder_2 is None:
         raise ValueError("train_transformer(kind='hunyuan-t2v') needs text_encoder_2 (the CLIP text model)")
-    frame_counts = (frames,) if isinstance(frames, int) else tuple(frames)
+    t = task
+    frame_counts = (t.frames,) if isinstance(t.frames, int) else tuple(t.frames)
     for f in frame_counts:
-        _check_shape(f, height, width)
+        _check_shape(f, t.height, t.width)
     tokenizer_2 = tokenizer_2 or tokenizer
-    max_len = max_sequence_length or (256 if kind == "hunyuan-t2v" else 512)
-    device = torch.device(device)
+    max_len = t.max_sequence_length or (256 if kind == "hunyuan-t2v" else 512)
+    device = torch.device(config.device)
+    seed, batch_size = config.seed, config.batch_size
     torch.manual_seed(seed)
     for module in (vae, text_encoder, text_encoder_2, image_encoder):
         if module is not None:
             module.to(device).eval().requires_grad_(False)
     encoders = (vae, image_encoder, image_processor)
     pools = {}
-    if pool_size and not fixed_batch:
+    if t.pool_size and not t.fixed_batch:
         for i, f in enumerate(frame_counts):
-            pools[f] = _latent_pool(kind, seed + 101 * i, pool_size, batch_size, f, height, width, device, *encoders)
+            pools[f] = _latent_pool(kind, seed + 101 * i, t.pool_size, batch_size, f, t.height, t.width, device,
+                                    *encoders)
             _pool_text(pools[f], kind, batch_size, max_len, device, tokenizer, text_encoder, tokenizer_2,
                        text_encoder_2)
-        logger.info("%s: latent pool of %d videos per frame count %s ready", kind, pool_size, frame_counts)
+        logger.info("%s: latent pool of %d videos per frame count %s ready", kind, t.pool_size, frame_counts)
     _to_fp32(transformer.to(device)).train()
-    plan = StepPlan(steps, minutes)
-    graphs = cuda_graphs and device.type == "cuda"
-    params, opt, sched = _optimizer(transformer, lr, weight_decay, plan, warmup, schedule, capturable=graphs)
-    ema = _EMA(transformer, ema_decay) if ema_decay else None
+    plan = StepPlan.from_config(config)
+    graphs = use_cuda_graphs(config.cuda_graphs, device, f"{kind} training step")
+    params, opt, sched = _optimizer(transformer, config, plan, capturable=graphs)
+    ema = make_ema(transformer, config)
     cond_keys: list[str] = []
-    forward = _CompiledForward(transformer, enabled=compile_model)
+    forward = CompiledForward(transformer, enabled=config.compile, name=f"{kind} transformer")
 
     def step_fn(xt, timestep, target, *cond_values):
         cond = dict(zip(cond_keys, cond_values, strict=True))
-        with _autocast(device):
+        with autocast(device):
             pred = forward(hidden_states=xt, timestep=timestep, return_dict=False, **cond)[0]
         loss = F.mse_loss(pred.float(), target.float())
-        _update(loss, opt, params, grad_clip, ema, transformer)
+        backward_and_step(loss, opt, params, config.grad_clip, ema, transformer)
         return loss
 
-    step_fn = GraphedStep(step_fn, opt, graphs)
+    step_fn = GraphedStep(step_fn, opt, graphs, device=device, name=f"{kind} training step")
     losses: list[torch.Tensor] = []
     cached = None
-    for step in _progress(plan, kind, show_progress):
+    for step in progress(plan, kind, config.show_progress):
         f = frame_counts[step % len(frame_counts)]
-        s = _step_seed(seed, step, fixed_batch)
+        s = _step_seed(seed, step, t.fixed_batch)
         gen = torch.Generator().manual_seed(s + 31)
         if cached is None:
             if f in pools:
-                clean = _take(pools[f], torch.randint(pool_size, (batch_size,), generator=gen))
+                clean = _take(pools[f], torch.randint(t.pool_size, (batch_size,), generator=gen))
             else:
-                clean = _clean_batch(kind, s, batch_size, f, height, width, device, *encoders)
-            cached = _flow_batch(kind, clean, gen, cfg_dropout, timestep_shift, logit_mean, logit_std, max_len,
-                                 device, tokenizer, text_encoder, tokenizer_2, text_encoder_2)
+                clean = _clean_batch(kind, s, batch_size, f, t.height, t.width, device, *encoders)
+            cached = _flow_batch(kind, clean, gen, t.cfg_dropout, t.timestep_shift, t.logit_mean, t.logit_std,
+                                 max_len, device, tokenizer, text_encoder, tokenizer_2, text_encoder_2)
         xt, timestep, target, cond = cached
-        if not fixed_batch:
+        if not t.fixed_batch:
             cached = None
         cond_keys[:] = sorted(cond)
         losses.append(step_fn(xt, timestep, target, *(cond[k] for k in cond_keys)))
         sched.step()
-        _log(kind, step, plan, losses, log_every)
-    values = _finish(f"train_transformer({kind})", losses)
+        check_and_log(kind, step, plan, losses, config.log_every)
+    values = finite_values(f"train_transformer({kind})", losses)
     if ema is not None:
         ema.copy_to(transformer)
     transformer.eval()
@@ -802,7 +629,7 @@ def init_from(module: torch.nn.Module, source: torch.nn.Module) -> list[str]:
     return left
 
 
-def train_pipeline(pipe, kind: str, steps: int, **kwargs) -> list[float]:
+def train_pipeline(pipe, kind: str, config: TrainConfig, task: FlowTask = FlowTask()) -> list[float]:
     """`train_transformer` on the components of a ToyWorld pipeline (from `models.build_pipeline`)."""
     return train_transformer(
         pipe.transformer,
@@ -810,24 +637,16 @@ def train_pipeline(pipe, kind: str, steps: int, **kwargs) -> list[float]:
         pipe.text_encoder,
         pipe.tokenizer,
         kind,
-        steps,
+        config,
+        task,
         text_encoder_2=getattr(pipe, "text_encoder_2", None),
         tokenizer_2=getattr(pipe, "tokenizer_2", None),
         image_encoder=getattr(pipe, "image_encoder", None),
         image_processor=getattr(pipe, "image_processor", None),
-        **kwargs,
     )
 
 
 # ------------------------------------------------------------------------------------------------------ save / load
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _cast_module(module: torch.nn.Module, dtype: torch.dtype) -> None:
@@ -856,15 +675,8 @@ def save_toyworld(pipe, directory, dtype: torch.dtype | None = torch.bfloat16, r
 
 def _seal(directory: Path, recipe: dict | None) -> dict:
     """Write the recipe (if any) and ``checksums.json`` over every other file of `directory`."""
-    if recipe is not None:
-        (directory / RECIPE_FILE).write_text(json.dumps(recipe, indent=2, sort_keys=True) + "\n")
-    sums = {
-        p.relative_to(directory).as_posix(): _sha256(p)
-        for p in sorted(directory.rglob("*"))
-        if p.is_file() and p.name != CHECKSUMS_FILE
-    }
-    (directory / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=2, sort_keys=True) + "\n")
-    return sums
+    files = {RECIPE_FILE: json.dumps(recipe, indent=2, sort_keys=True) + "\n"} if recipe is not None else None
+    return seal_directory(directory, files)
 
 
 def save_vae(vae, directory, recipe: dict | None = None) -> dict:
@@ -895,27 +707,7 @@ def load_vae(directory):
 
 def verify_checksums(directory) -> dict:
     """Check every file listed in ``checksums.json``; raise `ToyWorldWeightsError` naming the file and checksum."""
-    directory = Path(directory)
-    listing = directory / CHECKSUMS_FILE
-    if not listing.is_file():
-        raise ToyWorldWeightsError(f"{listing}: missing; a ToyWorld model directory needs its {CHECKSUMS_FILE}")
-    try:
-        sums = json.loads(listing.read_text())
-    except json.JSONDecodeError as e:
-        raise ToyWorldWeightsError(f"{listing}: not valid JSON ({e})") from e
-    for rel, expected in sorted(sums.items()):
-        path = directory / rel
-        if not path.is_file():
-            raise ToyWorldWeightsError(f"{path}: missing (expected sha256 {expected}); re-download or retrain it")
-        actual = _sha256(path)
-        if actual != expected:
-            raise ToyWorldWeightsError(
-                f"{path}: sha256 {actual} does not match the recorded {expected}; the file is corrupt or was changed"
-            )
-    unlisted = [p for p in directory.rglob("*.safetensors") if p.relative_to(directory).as_posix() not in sums]
-    if unlisted:
-        raise ToyWorldWeightsError(f"{unlisted[0]}: weight file not listed in {listing}; refusing to load it")
-    return sums
+    return _verify_checksums(directory, error=ToyWorldWeightsError, what="ToyWorld model")
 
 
 def _stored_dtypes(directory: Path) -> dict:
