@@ -20,6 +20,29 @@ def apply_wan_rotary_emb(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: to
     return out.type_as(x)
 
 
+def wan_query_key_value(attn, hidden_states: torch.Tensor, context: torch.Tensor | None = None, rotary_emb=None,
+                        rope=apply_wan_rotary_emb) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Wan attention inputs as the stock processor builds them: projections (fused or not), QK-norm across heads,
+    heads split, RoPE (`rope`, e.g. an out-of-place variant for forward-mode AD). hidden_states [B, S, C]; context
+    [B, L, C] for cross-attention (None: self-attention). Returns q [B, S, H, D], k and v [B, L or S, H, D]."""
+    if attn.fused_projections:
+        if context is None:
+            query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+        else:
+            query = attn.to_q(hidden_states)
+            key, value = attn.to_kv(context).chunk(2, dim=-1)
+    else:
+        source = hidden_states if context is None else context
+        query, key, value = attn.to_q(hidden_states), attn.to_k(source), attn.to_v(source)
+    query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
+    key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
+    value = value.unflatten(2, (attn.heads, -1))
+    if rotary_emb is not None:
+        query = rope(query, *rotary_emb)
+        key = rope(key, *rotary_emb)
+    return query, key, value
+
+
 class TurboWanAttnProcessor(TurboProcessorMixin, WanAttnProcessor):
     """Wan self-attention: projections, QK-norm across heads, RoPE exactly as stock, then turbo's method."""
 
@@ -30,16 +53,7 @@ class TurboWanAttnProcessor(TurboProcessorMixin, WanAttnProcessor):
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
         if encoder_hidden_states is not None or attn.add_k_proj is not None:
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
-        if attn.fused_projections:
-            query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
-        else:
-            query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
-        query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
-        key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
-        value = value.unflatten(2, (attn.heads, -1))
-        if rotary_emb is not None:
-            query = apply_wan_rotary_emb(query, *rotary_emb)
-            key = apply_wan_rotary_emb(key, *rotary_emb)
+        query, key, value = wan_query_key_value(attn, hidden_states, rotary_emb=rotary_emb)
         hidden_states = self._self_attention(attn, query, key, value, attention_mask)
         hidden_states = hidden_states.flatten(2, 3).type_as(query)
         hidden_states = attn.to_out[0](hidden_states)

@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from ..adapters.wan import wan_query_key_value
 from ..errors import TurboError
 
 __all__ = [
@@ -197,21 +198,7 @@ class JVPWanAttnProcessor:
             image_len = encoder_hidden_states.shape[1] - 512  # diffusers' WanAttnProcessor: text context is 512
             image_states = encoder_hidden_states[:, :image_len]
             encoder_hidden_states = encoder_hidden_states[:, image_len:]
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        if attn.fused_projections:
-            if not attn.is_cross_attention:
-                query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
-            else:
-                query = attn.to_q(hidden_states)
-                key, value = attn.to_kv(context).chunk(2, dim=-1)
-        else:
-            query, key, value = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
-        query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
-        key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
-        value = value.unflatten(2, (attn.heads, -1))
-        if rotary_emb is not None:
-            query = _wan_rope(query, *rotary_emb)
-            key = _wan_rope(key, *rotary_emb)
+        query, key, value = wan_query_key_value(attn, hidden_states, encoder_hidden_states, rotary_emb, rope=_wan_rope)
         out = self._attend(query, key, value).flatten(2, 3).type_as(query)
         if image_states is not None:
             if attn.fused_projections:
