@@ -48,7 +48,7 @@ CASES = {
     "i2v without image": (["--model", "toyworld-wan-i2v"], "--image"),
     "out in a missing folder": (["--out", "/nonexistent/dir/x.mp4"], "does not exist"),
     "quant int8": (["--quant", "int8"], "not implemented yet"),
-    "cache tdc": (["--cache", "tdc"], "not implemented yet"),
+    "quant nvfp4-mixed": (["--quant", "nvfp4-mixed"], "not implemented yet"),
     "abbreviation --quant-mode-ish": (["--quant-mode-ish", "1"], "unrecognized arguments"),
     "abbreviation --kee": (["--kee", "0.1"], "unrecognized arguments"),
     "abbreviation --quantiz": (["--quantiz"], "unrecognized arguments"),
