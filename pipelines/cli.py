@@ -41,7 +41,7 @@ def _refuse(message) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `turbo` argument parser (subcommands generate, eval, convert, info, app)."""
+    """The `turbo` argument parser (subcommands generate, eval, convert, distill, info, app)."""
     from turbo.config import PRESETS
 
     parser = _Parser(prog="turbo", description="Faster video diffusion transformers for diffusers.")
@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--sigma-max", type=float, default=None, help="rCM sigma_max (default 80 T2V, 200 I2V)")
     conv.add_argument("--steps", type=int, default=4, help="rCM sampling steps of the recipe (default 4)")
     conv.add_argument("--dtype", choices=list(_CONVERT_DTYPES), default="bf16", help="weights dtype (default bf16)")
+
+    dist = sub.add_parser("distill", help="rCM step distillation / SLA fine-tuning of a Wan pipeline (a YAML config, "
+                                          "see examples/distill_toyworld.yaml)")
+    from turbo.distill.__main__ import add_arguments as add_distill_arguments
+
+    add_distill_arguments(dist)
 
     sub.add_parser("info", help="torch / CUDA / Triton, which methods run fast here, presets and models")
     sub.add_parser("app", help="start the Gradio app (arguments after 'app' go to it)", add_help=False)
@@ -363,6 +369,27 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_distill(args) -> int:
+    """`turbo distill --config cfg.yaml [--resume] [--out DIR]`: the teacher may be a registry model name (resolved
+    here to its directory) or a diffusers pipeline directory; the rest is `python -m turbo.distill`."""
+    import logging
+
+    from turbo.distill.__main__ import run
+    from turbo.distill.config import DistillConfig
+
+    config = DistillConfig.load(args.config)
+    teacher_dir = None
+    if config.teacher and not Path(config.teacher).is_dir():
+        preset = registry.resolve_model(config.teacher)
+        if not preset.is_local or not registry.is_available(preset):
+            return _refuse(f"teacher {config.teacher!r} is not a pipeline directory on this machine; download it and "
+                           "set teacher to its directory.")
+        teacher_dir = preset.source
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return run(args.config, out=args.out, resume=args.resume, teacher_dir=teacher_dir)
+
+
 def cmd_info(args) -> int:
     """`turbo info`: capabilities, the default config, presets and models (with whether each is on this machine)."""
     import turbo
@@ -393,7 +420,8 @@ def cmd_app(argv: list[str]) -> int:
     return int(app.main(argv) or 0)
 
 
-_COMMANDS = {"generate": cmd_generate, "eval": cmd_eval, "info": cmd_info, "convert": cmd_convert}
+_COMMANDS = {"generate": cmd_generate, "eval": cmd_eval, "info": cmd_info, "convert": cmd_convert,
+             "distill": cmd_distill}
 
 
 def main(argv: list[str] | None = None) -> int:

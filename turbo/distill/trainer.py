@@ -1,0 +1,562 @@
+"""`distill(pipe, config, data, output_dir)`: rCM step distillation and SLA fine-tuning of a diffusers Wan teacher,
+run by `accelerate.Accelerator` (device placement, bf16/fp16 autocast, DDP when started with ``accelerate launch``).
+
+Modes (`DistillConfig.mode`):
+
+* "rcm" — student and fake score start as fp32 copies of the teacher transformer; the teacher is frozen. Iteration s:
+  during the tangent warm-up (s < tangent_warmup) every iteration is a student sCM step; after it, iteration s is a
+  student step when (s − tangent_warmup) % student_update_freq == 0 (sCM and DMD losses back-propagated separately,
+  one optimizer step, then the power EMA), otherwise a fake-score step (its own AdamW). sCM: θ ~ p_G, teacher F with
+  CFG, tangent by ``torch.func.jvp`` through the student (JVP attention), `scm_loss`. DMD: 1…4-step backward
+  simulation from noise (only the last step with a gradient), re-noised at θ ~ p_D, fake score vs CFG teacher x0.
+* "sla" — the student is a teacher copy with turbo's SLA installed (``turbo.accelerate(copy, allow_untuned=True)``);
+  loss = mean((v_student − v_teacher)²) at x_t = (1 − t)·x0 + t·ε, t = σ/(1 + σ), σ = exp(N(1.5, 1.6²)) (§1.6),
+  teacher without CFG; the whole student trains (or only its SLA parts: ``train_attention_only``).
+* "rcm+sla" — "rcm" with the SLA student. The JVP tangent has no sparse path yet, so it is computed with the
+  student's attention set dense (the SLA modules are set aside for that one no-grad pass); the with-gradient forward
+  and the DMD simulation run SLA. This is logged once and written into the exported card.
+
+Checkpoints (`turbo.training.checkpoint`, atomic, checksummed) every ``save_every`` steps, at the end and at the step
+boundary after a SIGTERM (then `distill` returns with ``interrupted=True``); ``resume=True`` continues exactly: same
+parameters as an uninterrupted run (data order is a function of the seed and the step; the noise generator, global
+RNGs, optimizers, LR schedulers and EMA are restored). A NaN/inf loss stops before the update with a `TurboError`
+naming the step; the last good checkpoint stays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import logging
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from turbo.errors import TurboConfigError, TurboError, UnsupportedModelError
+from turbo.training import (PowerEMA, StepPlan, build_optimizer, capture_rng, join_tensors, latest_checkpoint,
+                            load_checkpoint, progress, restore_rng, save_checkpoint, split_tensors)
+
+from . import losses as L
+from .config import RUNTIME_KEYS, DistillConfig
+from .jvp_attention import using_jvp_attention
+from .trigflow import TrigFlowModel, backward_simulation, trig_noise
+
+__all__ = ["DistillResult", "distill", "check_teacher", "SUPPORTED_TEACHERS"]
+
+logger = logging.getLogger("turbo")
+
+SUPPORTED_TEACHERS = "Wan2.1-style text-to-video pipelines (WanPipeline with one WanTransformer3DModel)"
+DENSE_JVP_NOTE = ("the sCM tangent (JVP) runs with the student's attention dense: turbo's sparse methods have no "
+                  "forward-mode (JVP) path yet, so only the with-gradient forward and the DMD simulation use SLA")
+_THETA_MIN = 1e-3  # smallest TrigFlow angle drawn (F = (cos θ·x − x0)/sin θ)
+
+
+@dataclasses.dataclass
+class DistillResult:
+    """What a run produced. `history`: one dict per step run in this call (step, kind, loss, g_norm...)."""
+
+    output_dir: Path
+    steps_done: int
+    interrupted: bool
+    checkpoint: Path | None
+    export_dir: Path | None
+    history: list[dict]
+    student: torch.nn.Module
+    ema: PowerEMA | None
+    notes: list[str]
+
+
+def check_teacher(pipe) -> torch.nn.Module:
+    """The teacher transformer of a supported pipeline; anything else raises `UnsupportedModelError` (one sentence)."""
+    from turbo.adapters import find_transformers
+    from turbo.adapters.wan import WanAdapter
+
+    name = type(pipe).__name__
+    try:
+        found = find_transformers(pipe)
+    except TurboError:
+        found = []
+    if (len(found) != 1 or type(found[0][1]).__name__ not in WanAdapter.class_names
+            or getattr(pipe, "transformer_2", None) is not None or "ImageToVideo" in name):
+        raise UnsupportedModelError(f"distillation supports {SUPPORTED_TEACHERS} for now, not {name} "
+                                    "(HunyuanVideo, Wan2.2 two-expert and I2V teachers come later).")
+    return found[0][1]
+
+
+# ------------------------------------------------------------------------------------------------------------- data
+
+
+def _data_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def _batch(data, config: DistillConfig, step: int, micro: int, rank: int, world: int, device) -> dict:
+    """Micro-batch `micro` of step `step` for process `rank`: a deterministic function of (seed, step), so a resumed
+    run reads what the uninterrupted one would. Returns latents [B, C, F, H, W] and prompt_embeds [B, L, D] (fp32)."""
+    per_step = config.batch_size * config.grad_accum * world
+    start = step * per_step + (micro * world + rank) * config.batch_size
+    n = len(data)
+    items = []
+    for position in range(start, start + config.batch_size):
+        epoch, offset = divmod(position, n)
+        items.append(data[int(_data_order(n, config.seed, epoch)[offset])])
+    latents = torch.stack([torch.as_tensor(i["latents"]) for i in items]).to(device, torch.float32)
+    embeds = torch.stack([torch.as_tensor(i["prompt_embeds"]) for i in items]).to(device, torch.float32)
+    return {"latents": latents, "prompt_embeds": embeds}
+
+
+def _negative(data, batch: int, device) -> torch.Tensor:
+    neg = getattr(data, "negative_prompt_embeds", None)
+    if neg is None:
+        raise TurboConfigError("the latent cache has no negative_prompt_embeds, needed for the teacher's CFG; rebuild "
+                               "it with turbo.distill.data (or set guidance: 1).")
+    neg = torch.as_tensor(neg).to(device, torch.float32)
+    return (neg if neg.ndim == 3 else neg[None]).expand(batch, -1, -1)
+
+
+# ------------------------------------------------------------------------------------------------------ the models
+
+
+def _install_student_attention(student: torch.nn.Module, config: DistillConfig) -> None:
+    import turbo
+
+    turbo.accelerate(student, {"attention": dict(config.attention)}, allow_untuned=True)
+
+
+@contextlib.contextmanager
+def _dense_attention_for_jvp(model: torch.nn.Module):
+    """JVP attention on `model`, with turbo's sparse method modules set aside for the duration (they have no JVP)."""
+    from turbo.adapters import METHOD_ATTR
+
+    parked = [(module, getattr(module, METHOD_ATTR)) for module in model.modules() if hasattr(module, METHOD_ATTR)]
+    for module, _ in parked:
+        delattr(module, METHOD_ATTR)
+    try:
+        with using_jvp_attention(model):
+            yield model
+    finally:
+        for module, method in parked:
+            setattr(module, METHOD_ATTR, method)
+
+
+class _Sigterm:
+    """A SIGTERM handler that only raises a flag; the loop saves at the next step boundary (main thread only)."""
+
+    def __init__(self):
+        self.flag = False
+        self.previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.flag = True
+        logger.warning("SIGTERM received: saving a checkpoint at the end of this step, then stopping")
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def _finite(loss: torch.Tensor, what: str, step: int, out: Path) -> float:
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        last = latest_checkpoint(out / "checkpoints")
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written before it"
+        raise TurboError(f"distillation stopped: the {what} loss became {value} at step {step}, before any update "
+                         f"from it; {kept} (lower the learning rate or check the data).")
+    return value
+
+
+# ------------------------------------------------------------------------------------------------------- the trainer
+
+
+class _Run:
+    def __init__(self, pipe, config: DistillConfig, data, out: Path, accelerator):
+        self.pipe, self.config, self.data, self.out, self.acc = pipe, config, data, out, accelerator
+        self.device = accelerator.device
+        self.notes: list[str] = []
+        teacher = check_teacher(pipe)
+        if len(data) == 0:
+            raise TurboConfigError("the latent cache is empty; build it first (turbo.distill.data).")
+        self.teacher_net = teacher.requires_grad_(False).eval().to(self.device)
+        self.teacher = TrigFlowModel(self.teacher_net)
+
+        student = copy.deepcopy(teacher).float().train()
+        if config.mode != "rcm":
+            _install_student_attention(student, config)
+        student.requires_grad_(True)
+        if config.mode != "rcm" and config.train_attention_only:
+            from turbo.adapters import METHOD_ATTR
+
+            for name, p in student.named_parameters():
+                p.requires_grad_(f".{METHOD_ATTR}." in name)
+        if config.gradient_checkpointing:
+            student.enable_gradient_checkpointing()
+        self.plan = StepPlan(config.steps)
+        opt, self.sched = build_optimizer(student.parameters(), config.train_config(), self.plan)
+        self.fake_net = None
+        if config.rcm:
+            fake = copy.deepcopy(teacher).float().train().requires_grad_(True)
+            if config.gradient_checkpointing:
+                fake.enable_gradient_checkpointing()
+            fake_opt, self.fake_sched = build_optimizer(fake.parameters(), config.train_config(fake=True), self.plan)
+            self.student_p, self.opt, self.fake_p, self.fake_opt = accelerator.prepare(student, opt, fake, fake_opt)
+            self.fake_net = accelerator.unwrap_model(self.fake_p)
+            self.fake = TrigFlowModel(self.fake_p)
+        else:
+            self.student_p, self.opt = accelerator.prepare(student, opt)
+        self.student_net = accelerator.unwrap_model(self.student_p)
+        self.student = TrigFlowModel(self.student_p)
+        self.ema = PowerEMA(self.student_net, sigma_rel=config.ema_sigma_rel)
+        self.gen = torch.Generator(device=self.device).manual_seed(config.seed * 7919 + accelerator.process_index)
+        self.student_iter = 0  # student updates so far
+        self.fake_iter = 0  # fake-score updates so far
+        self.step = 0  # iterations done
+        if config.mode == "rcm+sla":
+            self.notes.append(DENSE_JVP_NOTE)
+            logger.warning("rcm+sla: %s", DENSE_JVP_NOTE)
+
+    # ---- state
+
+    def tensors_and_state(self) -> tuple[dict, dict]:
+        tensors = {f"student/{k}": v for k, v in self.student_net.state_dict().items()}
+        tensors.update({f"ema/{k}": v for k, v in self.ema.state_dict().items()})
+        opt_skeleton, opt_tensors = split_tensors(self.opt.state_dict(), "opt")
+        tensors.update(opt_tensors)
+        state = {"student_iter": self.student_iter, "fake_iter": self.fake_iter, "opt": opt_skeleton,
+                 "sched": self.sched.state_dict(), "config": self.config.to_dict(),
+                 "data_position": self.step * self.config.batch_size * self.config.grad_accum * self.acc.num_processes,
+                 "rng": capture_rng({"noise": self.gen}), "notes": self.notes}
+        if self.fake_net is not None:
+            tensors.update({f"fake/{k}": v for k, v in self.fake_net.state_dict().items()})
+            fake_skeleton, fake_tensors = split_tensors(self.fake_opt.state_dict(), "fake_opt")
+            tensors.update(fake_tensors)
+            state.update(fake_opt=fake_skeleton, fake_sched=self.fake_sched.state_dict())
+        return tensors, state
+
+    def save(self) -> Path | None:
+        self.acc.wait_for_everyone()
+        path = None
+        if self.acc.is_main_process:
+            tensors, state = self.tensors_and_state()
+            path = save_checkpoint(self.out / "checkpoints", self.step, tensors, state,
+                                   keep=self.config.keep_checkpoints)
+            logger.info("distill: checkpoint of step %d written to %s", self.step, path)
+        self.acc.wait_for_everyone()
+        return path
+
+    def load(self) -> None:
+        ckpt = load_checkpoint(self.out / "checkpoints", device=self.device)
+        saved = DistillConfig.from_dict(ckpt.state["config"])
+        differ = saved.diff(self.config, ignore=RUNTIME_KEYS)
+        if differ:
+            listed = ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in differ.items())
+            raise TurboConfigError(f"--resume refused: the config differs from the checkpoint's in {listed}; resume "
+                                   "with the original config or start a new output directory.")
+        self.student_net.load_state_dict(ckpt.group("student"))
+        self.ema.load_state_dict(ckpt.group("ema"))
+        self.opt.load_state_dict(join_tensors(ckpt.state["opt"], ckpt.tensors))
+        self.sched.load_state_dict(ckpt.state["sched"])
+        if self.fake_net is not None:
+            self.fake_net.load_state_dict(ckpt.group("fake"))
+            self.fake_opt.load_state_dict(join_tensors(ckpt.state["fake_opt"], ckpt.tensors))
+            self.fake_sched.load_state_dict(ckpt.state["fake_sched"])
+        self.student_iter, self.fake_iter, self.step = ckpt.state["student_iter"], ckpt.state["fake_iter"], ckpt.step
+        restore_rng(ckpt.state["rng"], {"noise": self.gen})
+        logger.info("distill: resumed from %s (step %d)", ckpt.path, ckpt.step)
+
+    # ---- pieces
+
+    def _cond(self, batch) -> tuple[dict, dict]:
+        cond = {"encoder_hidden_states": batch["prompt_embeds"]}
+        if self.config.guidance == 1.0:
+            return cond, cond
+        return cond, {"encoder_hidden_states": _negative(self.data, batch["prompt_embeds"].shape[0], self.device)}
+
+    @torch.no_grad()
+    def _teacher_cfg(self, x, theta, cond, uncond):
+        """Teacher x0̂ and F with CFG (float64)."""
+        c = self.teacher.denoise(x, theta, **cond)
+        if self.config.guidance == 1.0:
+            return c.x0, c.F
+        u = self.teacher.denoise(x, theta, **uncond)
+        g = self.config.guidance
+        return L.cfg_combine(c.x0, u.x0, g), L.cfg_combine(c.F, u.F, g)
+
+    def _randn(self, shape) -> torch.Tensor:
+        return torch.randn(shape, generator=self.gen, device=self.device)
+
+    def _scm(self, batch, r: float) -> tuple[torch.Tensor, float]:
+        cfg = self.config
+        x0 = batch["latents"]
+        B = x0.shape[0]
+        cond, uncond = self._cond(batch)
+        theta = L.sample_lognormal_theta((B,), cfg.p_mean, cfg.p_std, generator=self.gen,
+                                         device=self.device).clamp(_THETA_MIN, math.pi / 2)
+        x_t = trig_noise(x0, self._randn(x0.shape), theta).float()
+        _, F_T = self._teacher_cfg(x_t, theta, cond, uncond)
+        t_x, t_theta = L.scm_tangents(F_T, theta)
+        jvp_model = TrigFlowModel(self.student_net)
+        with _dense_attention_for_jvp(self.student_net):
+            _, t_F = jvp_model.F_and_tangent(x_t, theta, t_x, t_theta, **cond)
+        F = self.student(x_t, theta, **cond)
+        loss = L.scm_loss(F, F_T, t_F, x_t, theta, r, loss_scale=cfg.scm_loss_scale).sum()
+        with torch.no_grad():
+            g = L.scm_target(F.detach(), F_T, t_F, x_t, theta, r)
+            g_norm = float(g.flatten(1).norm(dim=1).mean())
+        return loss, g_norm
+
+    def _simulate(self, noise, n: int, cond, with_grad: bool) -> torch.Tensor:
+        B = noise.shape[0]
+        thetas = [torch.full((B,), math.pi / 2, dtype=torch.float64, device=self.device)]
+        for _ in range(n - 1):
+            nxt = L.sample_uniform_shift_theta((B,), self.config.dmd_shift, generator=self.gen, device=self.device)
+            thetas.append(torch.minimum(nxt.clamp(min=_THETA_MIN), thetas[-1]))
+
+        def student_x0(x, th):
+            return self.student.denoise(x, th, **cond).x0
+
+        return backward_simulation(student_x0, noise, thetas, with_grad=with_grad, generator=self.gen)
+
+    def _renoise(self, G):
+        B = G.shape[0]
+        theta = L.sample_uniform_shift_theta((B,), self.config.dmd_shift, generator=self.gen,
+                                             device=self.device).clamp(_THETA_MIN, math.pi / 2)
+        return trig_noise(G.detach(), self._randn(G.shape), theta).float(), theta
+
+    def _dmd(self, batch) -> torch.Tensor:
+        cfg = self.config
+        cond, uncond = self._cond(batch)
+        n = L.dmd_simulation_steps(self.student_iter, cfg.max_simulation_steps)
+        G = self._simulate(self._randn(batch["latents"].shape), n, cond, with_grad=True)
+        x_D, theta = self._renoise(G)
+        with torch.no_grad():
+            x0_fake = self.fake.denoise(x_D, theta, **cond).x0
+        x0_T, _ = self._teacher_cfg(x_D, theta, cond, uncond)
+        return L.dmd_generator_loss(G, x0_fake, x0_T, loss_scale=cfg.dmd_loss_scale).sum()
+
+    def _fake_loss(self, batch) -> torch.Tensor:
+        cond, _ = self._cond(batch)
+        n = L.dmd_simulation_steps(self.fake_iter, self.config.max_simulation_steps)
+        with torch.no_grad():
+            G = self._simulate(self._randn(batch["latents"].shape), n, cond, with_grad=False)
+        x_D, theta = self._renoise(G)
+        return L.fake_score_loss(G, self.fake.denoise(x_D, theta, **cond).x0, theta).sum()
+
+    def _sla_loss(self, batch) -> torch.Tensor:
+        cfg = self.config
+        x0 = batch["latents"]
+        B = x0.shape[0]
+        log_sigma = torch.randn((B,), generator=self.gen, device=self.device) * cfg.sla_p_std + cfg.sla_p_mean
+        t = (torch.exp(log_sigma) / (1 + torch.exp(log_sigma))).clamp(0.0, 1.0)
+        tt = t.reshape(B, *([1] * (x0.ndim - 1)))
+        x_t = (1 - tt) * x0 + tt * self._randn(x0.shape)
+        cond = {"encoder_hidden_states": batch["prompt_embeds"]}
+        timestep = t * 1000.0
+        with torch.no_grad():
+            v_T = self.teacher_net(hidden_states=x_t.to(self.teacher.dtype), timestep=timestep, return_dict=False,
+                                   **cond)[0].float()
+        v = self.student_p(hidden_states=x_t, timestep=timestep, return_dict=False, **cond)[0].float()
+        return ((v - v_T) ** 2).mean()
+
+    def _backward(self, losses: list[tuple[str, Callable[[dict], Any]]], step: int) -> dict:
+        """Run each closure over the micro-batches and back-propagate its loss / grad_accum (gradients synchronised
+        on the last backward only). Returns {name: mean loss value}."""
+        cfg, acc = self.config, self.acc
+        values: dict[str, float] = {}
+        total = len(losses) * cfg.grad_accum
+        k = 0
+        for name, closure in losses:
+            acc_value = 0.0
+            for micro in range(cfg.grad_accum):
+                k += 1
+                batch = _batch(self.data, cfg, step, micro, acc.process_index, acc.num_processes, self.device)
+                model = self.student_p if name != "fake" else self.fake_p
+                sync = contextlib.nullcontext() if k == total else acc.no_sync(model)
+                with sync, acc.autocast():
+                    out = closure(batch)
+                    loss, extra = out if isinstance(out, tuple) else (out, None)
+                    value = _finite(loss, {"scm": "sCM", "dmd": "DMD", "fake": "fake-score",
+                                           "sla": "SLA velocity"}[name], step, self.out)
+                    acc.backward(loss / cfg.grad_accum)
+                acc_value += value / cfg.grad_accum
+                if extra is not None:
+                    values["g_norm"] = values.get("g_norm", 0.0) + extra / cfg.grad_accum
+            values[name] = acc_value
+        return values
+
+    def _update(self, optimizer, sched, model) -> None:
+        if self.config.grad_clip:
+            self.acc.clip_grad_norm_(model.parameters(), self.config.grad_clip)
+        optimizer.step()
+        sched.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def train_step(self, step: int) -> dict:
+        cfg = self.config
+        if cfg.mode == "sla":
+            values = self._backward([("sla", self._sla_loss)], step)
+            self._update(self.opt, self.sched, self.student_p)
+            self.ema.update(self.student_net)
+            self.student_iter += 1
+            return {"kind": "student", "loss": values["sla"], **values}
+        warm = step < cfg.tangent_warmup
+        if warm or (step - cfg.tangent_warmup) % cfg.student_update_freq == 0:
+            r = L.tangent_warmup_ratio(step, cfg.tangent_warmup)
+            closures = [("scm", lambda b: self._scm(b, r))]
+            if not warm and cfg.dmd_loss_scale > 0:
+                closures.append(("dmd", self._dmd))
+            values = self._backward(closures, step)
+            self._update(self.opt, self.sched, self.student_p)
+            self.ema.update(self.student_net)
+            self.student_iter += 1
+            return {"kind": "student", "loss": values["scm"] + values.get("dmd", 0.0), **values}
+        values = self._backward([("fake", self._fake_loss)], step)
+        self._update(self.fake_opt, self.fake_sched, self.fake_p)
+        self.fake_iter += 1
+        return {"kind": "fake", "loss": values["fake"], **values}
+
+    # ---- samples
+
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """The EMA weights in the student for the duration (the live weights are put back)."""
+        live = {n: p.detach().clone() for n, p in self.student_net.named_parameters() if n in self.ema.shadow}
+        self.ema.copy_to(self.student_net)
+        try:
+            yield self.student_net
+        finally:
+            with torch.no_grad():
+                for n, p in self.student_net.named_parameters():
+                    if n in live:
+                        p.copy_(live[n])
+
+    @torch.no_grad()
+    def sample(self, path: Path) -> Path:
+        """A short video of the EMA student on the first cached prompt: rCM sampler (rCM modes) or the pipeline's own
+        scheduler with CFG (SLA), ``sample_steps`` steps, saved as mp4."""
+        from diffusers.utils import export_to_video
+
+        from turbo.schedulers.rcm import RCMScheduler
+
+        cfg, pipe = self.config, self.pipe
+        item = self.data[0]
+        C, Fr, H, W = tuple(torch.as_tensor(item["latents"]).shape)
+        embeds = torch.as_tensor(item["prompt_embeds"])[None].to(self.device, self.teacher.dtype)
+        kwargs = dict(prompt_embeds=embeds, num_inference_steps=cfg.sample_steps, output_type="np",
+                      height=H * pipe.vae_scale_factor_spatial, width=W * pipe.vae_scale_factor_spatial,
+                      num_frames=(Fr - 1) * pipe.vae_scale_factor_temporal + 1,
+                      generator=torch.Generator().manual_seed(cfg.seed))
+        original_transformer, original_scheduler = pipe.transformer, pipe.scheduler
+        if cfg.rcm:
+            pipe.scheduler = RCMScheduler(num_steps=cfg.sample_steps, sigma_max=cfg.sigma_max,
+                                          mid_t=cfg.mid_angles())
+            kwargs["guidance_scale"] = 1.0
+        else:
+            kwargs.update(guidance_scale=cfg.guidance,
+                          negative_prompt_embeds=_negative(self.data, 1, self.device).to(self.teacher.dtype))
+        was_training = self.student_net.training
+        try:
+            with self.ema_weights() as student:
+                student.eval()
+                pipe.transformer = student
+                frames = pipe(**kwargs).frames[0]
+        finally:
+            pipe.transformer, pipe.scheduler = original_transformer, original_scheduler
+            self.student_net.train(was_training)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export_to_video(list(frames), str(path), fps=8)
+        return path
+
+
+def _device_name(device) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import os
+
+    return f"{device.type} ({os.cpu_count()} cores)"
+
+
+def distill(pipe, config: DistillConfig, data, output_dir, *, resume: bool = False, accelerator=None,
+            callback: Callable[[int, dict], None] | None = None, export: bool = True) -> DistillResult:
+    """Distil or fine-tune `pipe`'s transformer as `config` says (module docstring) and export the EMA student.
+
+    pipe: a loaded diffusers `WanPipeline` (the teacher; its transformer is frozen and moved to the accelerator's
+        device). data: a latent cache (``turbo.distill.data.LatentCache`` or its directory): items
+        ``{"latents": [C, F, H, W], "prompt_embeds": [L, D]}``, ``.negative_prompt_embeds`` [1, L, D].
+    output_dir: ``checkpoints/`` (training state), ``samples/`` (mp4s), ``student/`` (the export).
+    resume: continue from the newest checkpoint in ``output_dir/checkpoints`` (refused if the config differs).
+    accelerator: an `accelerate.Accelerator` (default: one built from ``config.mixed_precision``).
+    callback(step, record): called after each step (tests use it to send SIGTERM).
+    Returns a `DistillResult`; raises `TurboError` on a NaN loss (naming the step) and `UnsupportedModelError` for a
+    teacher other than a Wan T2V pipeline.
+    """
+    from accelerate import Accelerator
+
+    if not isinstance(config, DistillConfig):
+        raise TurboConfigError(f"distill needs a DistillConfig, got {type(config).__name__}.")
+    check_teacher(pipe)
+    if isinstance(data, (str, Path)):
+        from .data import LatentCache
+
+        data = LatentCache(data)
+    out = Path(output_dir)
+    if accelerator is None:
+        accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    started = time.perf_counter()
+    if not resume and latest_checkpoint(out / "checkpoints") is not None:
+        raise TurboConfigError(f"{out} already holds checkpoints; pass resume=True (--resume) to continue that run or "
+                               "choose another output directory.")
+    run = _Run(pipe, config, data, out, accelerator)
+    if resume:
+        if latest_checkpoint(out / "checkpoints") is None:
+            raise TurboConfigError(f"--resume: {out / 'checkpoints'} holds no checkpoint to resume from.")
+        run.load()
+    history: list[dict] = []
+    interrupted, checkpoint = False, None
+    with _Sigterm() as sigterm:
+        for step in progress(run.plan, f"distill {config.mode}", config.show_progress, start=run.step):
+            record = {"step": step, **run.train_step(step)}
+            run.step = step + 1
+            history.append(record)
+            if config.log_every and run.step % config.log_every == 0:
+                logger.info("distill %s step %d/%d %s loss %.5g%s", config.mode, run.step, config.steps,
+                            record["kind"], record["loss"],
+                            f" |g| {record['g_norm']:.4g}" if "g_norm" in record else "")
+            if callback is not None:
+                callback(step, record)
+            stop = sigterm.flag
+            if accelerator.num_processes > 1:
+                flag = torch.tensor([float(stop)], device=accelerator.device)
+                stop = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+            if config.sample_every and run.step % config.sample_every == 0 and accelerator.is_main_process:
+                run.sample(out / "samples" / f"step-{run.step:08d}.mp4")
+            if stop or (config.save_every and run.step % config.save_every == 0) or run.step >= config.steps:
+                checkpoint = run.save()
+            if stop:
+                interrupted = True
+                logger.warning("distill: stopped by SIGTERM after step %d; checkpoint %s; continue with --resume",
+                               run.step, checkpoint)
+                break
+    export_dir = None
+    if export and not interrupted and accelerator.is_main_process:
+        from .export import export_student
+
+        info = {"teacher": config.teacher or type(pipe).__name__, "data": config.data or str(getattr(data, "directory", "")),
+                "samples": len(data), "steps": run.step, "student_updates": run.student_iter,
+                "fake_updates": run.fake_iter, "processes": accelerator.num_processes,
+                "seconds": time.perf_counter() - started, "device": _device_name(accelerator.device)}
+        export_dir = export_student(run.student_net, out / "student", config, ema=run.ema, notes=run.notes, info=info)
+    accelerator.wait_for_everyone()
+    return DistillResult(out, run.step, interrupted, checkpoint, export_dir, history, run.student_net, run.ema,
+                         run.notes)
