@@ -136,6 +136,10 @@ class Feature:
         """One line for `pipe.turbo`."""
         return ", ".join(f"{k} {v}" for k, v in vars(section).items())
 
+    def activity(self, context, token) -> str | None:
+        """What the installed feature has done since `accelerate` (one line for `pipe.turbo` after a run), or None."""
+        return None
+
 
 _FEATURES: dict[str, Feature] = {}
 

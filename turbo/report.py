@@ -76,5 +76,9 @@ class TurboReport:
                 lines.append(f"  last video grid {self.runtime.geometry}")
             if stats.mean_density is not None:
                 lines.append(f"  measured block density {stats.mean_density:.1%} (after block rounding)")
+        for feature, token in self.installed:
+            line = feature.activity(self.context, token)
+            if line:
+                lines.append(f"  {line}")
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)

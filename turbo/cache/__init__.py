@@ -101,11 +101,23 @@ class CacheFeature(Feature):
         for cache in reversed(caches):
             cache.remove()
 
+    def activity(self, context, token) -> str | None:
+        components = {id(t.model): t.component for t in context.targets}
+        return _activity_line({components.get(id(cache.model), "transformer"): {
+            branch: dict(counts) for branch, counts in sorted(cache.counts.items())} for cache in token})
+
     def describe(self, section: CacheConfig) -> str:
         return (f"tdc: Temporal Delta Cache per block and CFG branch, threshold {section.threshold:g}, "
                 f"max error {section.max_error:g}, ≤ {section.max_skips} skips in a row, steps "
                 f"[{section.warmup_steps}, last − {section.final_steps}) only; skip counts: "
                 "turbo.cache.cache_stats(pipe)")
+
+
+def _activity_line(counts: dict) -> str | None:
+    parts = [f"{component} {branch} {c['skipped']}/{c['computed'] + c['skipped']}"
+             for component, branches in counts.items() for branch, c in branches.items()
+             if c["computed"] + c["skipped"]]
+    return ("cache: block evaluations skipped " + ", ".join(parts)) if parts else None
 
 
 def cache_stats(pipe) -> dict:
