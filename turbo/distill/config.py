@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from turbo.errors import TurboConfigError
-from turbo.training.config import TrainConfig
+from turbo.training.config import ConfigDict, TrainConfig
 
 __all__ = ["MODES", "MIXED_PRECISION", "RUNTIME_KEYS", "DistillConfig", "tiny_toyworld"]
 
@@ -42,7 +42,7 @@ _MODE_DEFAULTS = {
 
 
 @dataclasses.dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(ConfigDict):
     """Everything one distillation run depends on.
 
     mode: "rcm" (few-step student: sCM + DMD with a fake score), "sla" (SLA student matches the dense teacher's
@@ -62,6 +62,8 @@ class DistillConfig:
     gradient_checkpointing: diffusers' per-block activation checkpointing on the student (and fake score).
     save_every / sample_every / log_every: checkpoint, sample-video (0 = never) and log periods in steps.
     """
+
+    _label = "distillation config"
 
     mode: str = "rcm"
     teacher: str = ""
@@ -174,24 +176,6 @@ class DistillConfig:
 
     # --------------------------------------------------------------------------------------------- serialisation
 
-    def replace(self, **changes) -> DistillConfig:
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DistillConfig:
-        """Inverse of `to_dict`; missing keys take their defaults, unknown keys are refused by name."""
-        if not isinstance(data, dict):
-            raise TurboConfigError(f"a distillation config must be a mapping of keys to values, got "
-                                   f"{type(data).__name__}.")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise TurboConfigError(f"unknown distillation config keys {', '.join(unknown)}; known keys: "
-                                   f"{', '.join(sorted(known))}.")
-        return cls(**data)
 
     @classmethod
     def load(cls, path) -> DistillConfig:
@@ -221,10 +205,6 @@ class DistillConfig:
         except TurboConfigError as error:
             raise TurboConfigError(f"{path}: {error}") from None
 
-    def diff(self, other: DistillConfig, ignore: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
-        """{key: (this value, other value)} for every field the two configs disagree on, except `ignore`."""
-        mine, theirs = self.to_dict(), other.to_dict()
-        return {k: (mine[k], theirs[k]) for k in mine if k not in ignore and mine[k] != theirs[k]}
 
 
 def tiny_toyworld(**overrides) -> DistillConfig:

@@ -17,8 +17,39 @@ __all__ = ["SCHEDULES", "TrainConfig"]
 SCHEDULES = ("constant", "cosine")
 
 
+class ConfigDict:
+    """`replace`, `to_dict`, `from_dict` (missing keys take defaults, unknown keys refused by name) and `diff` for the
+    frozen config dataclasses of the training code; `_label` names the config in messages."""
+
+    _label = "config"
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML values, every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        """Inverse of `to_dict`; missing keys take their defaults, unknown keys are refused by name."""
+        if not isinstance(data, dict):
+            raise TurboConfigError(f"a {cls._label} must be a mapping of keys to values, got {type(data).__name__}.")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise TurboConfigError(f"unknown {cls._label} keys {', '.join(unknown)}; known keys: "
+                                   f"{', '.join(sorted(known))}.")
+        return cls(**data)
+
+    def diff(self, other, ignore: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
+        """{key: (this value, other value)} for every field the two configs disagree on, except `ignore`."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return {k: (mine[k], theirs[k]) for k in mine if k not in ignore and mine[k] != theirs[k]}
+
+
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(ConfigDict):
     """Budget, optimizer, schedule, EMA and step execution of one training run.
 
     steps / minutes: a fixed step count, or as many steps as fit in that wall time (at most `steps` when both; see
@@ -32,6 +63,8 @@ class TrainConfig:
     compile: run the model's forward through ``torch.compile`` (a failure is reported and the step runs eagerly).
     device: where training runs ("cpu", "cuda", "cuda:1"); a ``torch.device`` is stored as its string.
     """
+
+    _label = "TrainConfig"
 
     steps: int | None = None
     minutes: float | None = None
@@ -76,23 +109,3 @@ class TrainConfig:
             raise TurboConfigError(f"TrainConfig.ema_sigma_rel must be in (0, 0.28) (EDM2 power EMA), got "
                                    f"{self.ema_sigma_rel}")
 
-    def replace(self, **changes) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON/YAML values, every field."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Inverse of `to_dict`; missing keys take their defaults, unknown keys are refused by name."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise TurboConfigError(f"unknown TrainConfig keys {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**data)
-
-    def diff(self, other: TrainConfig) -> dict[str, tuple[Any, Any]]:
-        """{key: (this value, other value)} for every field the two configs disagree on (empty: the same)."""
-        mine, theirs = self.to_dict(), other.to_dict()
-        return {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]}
