@@ -25,7 +25,7 @@ from turbo.training.config import ConfigDict, TrainConfig
 
 __all__ = ["MODES", "MIXED_PRECISION", "RUNTIME_KEYS", "DistillConfig", "tiny_toyworld"]
 
-MODES = ("rcm", "sla", "rcm+sla")
+MODES = ("rcm", "sla", "rcm+sla", "sla2-stage1", "sla2-stage2")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 # keys that may change on --resume: they do not change the trained parameters (`steps` extends or shortens a run; the
 # LR schedule is warm-up then constant, so the trajectory of the shared steps is the same)
@@ -38,6 +38,10 @@ _MODE_DEFAULTS = {
                                                     "topk_rule": "floor"}},
     "rcm+sla": {"lr": 2e-6, "beta1": 0.0, "attention": {"method": "sla", "keep": 0.1, "linear": "all",
                                                         "topk_rule": "floor"}},
+    # SLA2 (ALGORITHMS.md §2; the paper publishes no learning rates): stage 1 fits only the router and α, stage 2
+    # fine-tunes the whole model at the SLA fine-tune's rate
+    "sla2-stage1": {"lr": 1e-3, "beta1": 0.9, "attention": {"method": "sla2", "keep": 0.03, "soft_topk": True}},
+    "sla2-stage2": {"lr": 1e-5, "beta1": 0.9, "attention": {"method": "sla2", "keep": 0.03, "quantized": True}},
 }
 
 
@@ -46,7 +50,11 @@ class DistillConfig(ConfigDict):
     """Everything one distillation run depends on.
 
     mode: "rcm" (few-step student: sCM + DMD with a fake score), "sla" (SLA student matches the dense teacher's
-        velocity), "rcm+sla" (rCM whose student attention is SLA; its JVP tangent runs with dense attention).
+        velocity), "rcm+sla" (rCM whose student attention is SLA; its JVP tangent runs with dense attention),
+        "sla2-stage1" (only SLA2's router and α train, SoftTop-k, to reproduce dense attention on the teacher's
+        captured Q/K/V), "sla2-stage2" (hard top-k + QAT, the whole model, velocity distillation as "sla").
+    init_from: "sla2-stage2" only: a directory exported by "sla2-stage1" (or its turbo_attention.safetensors) whose
+        SLA2 parts the student starts from; empty = untrained SLA2 parts (logged).
     teacher: a diffusers pipeline directory (or, through `turbo distill`, a registry model name). data: a latent cache
         directory (`turbo.distill.data.LatentCache`). output: the run directory (``--out`` overrides it).
     steps: training iterations (student or fake-score updates each count one). batch_size: samples per process per
@@ -96,6 +104,7 @@ class DistillConfig(ConfigDict):
     sla_p_std: float = 1.6
     train_attention_only: bool = False
     attention: dict | None = None
+    init_from: str = ""
     ema_sigma_rel: float = 0.1
     mixed_precision: str = "bf16"
     gradient_checkpointing: bool = False
@@ -132,6 +141,15 @@ class DistillConfig(ConfigDict):
         if self.mode != "rcm" and self.attention["method"] not in ("sla", "sla2"):
             raise TurboConfigError(f"mode {self.mode!r} fine-tunes a sparse student: attention.method must be 'sla' or "
                                    f"'sla2', got {self.attention['method']!r}.")
+        if self.mode.startswith("sla2-"):
+            stage1 = self.mode == "sla2-stage1"
+            if self.attention["method"] != "sla2" or bool(self.attention.get("soft_topk", False)) != stage1:
+                raise TurboConfigError(f"mode {self.mode!r} trains SLA2 with {'SoftTop-k' if stage1 else 'hard top-k'}:"
+                                       f" attention must be {{'method': 'sla2', 'soft_topk': {stage1}, ...}}, got "
+                                       f"{self.attention!r}.")
+        if self.init_from and self.mode != "sla2-stage2":
+            raise TurboConfigError(f"DistillConfig.init_from is for mode 'sla2-stage2' (a stage-1 export), not "
+                                   f"{self.mode!r}; remove it.")
         self.turbo_attention()  # validates the method's options
         self.sampler_section()
 
@@ -209,12 +227,16 @@ class DistillConfig(ConfigDict):
 
 def tiny_toyworld(**overrides) -> DistillConfig:
     """Preset for CPU tests and the ToyWorld example: fp32, a high learning rate, warm-ups of a few steps, a student
-    step every 2 iterations, SLA with 16-token blocks (tiny token counts) when the mode has SLA."""
+    step every 2 iterations, SLA (SLA2 for the SLA2 stages) with 16-token blocks (tiny token counts) when the mode
+    has sparse attention."""
     mode = overrides.get("mode", "rcm")
     base = dict(steps=20, batch_size=1, lr=1e-4, fake_lr=1e-4, lr_warmup=2,
                 tangent_warmup=5, student_update_freq=2, mixed_precision="no", save_every=10, log_every=5,
                 show_progress=False, p_mean=0.0, p_std=1.0)
-    if mode != "rcm":
+    if mode.startswith("sla2-"):
+        base["attention"] = {"method": "sla2", "keep": 0.25, "block_q": 16, "block_k": 16,
+                             "soft_topk": mode == "sla2-stage1", "quantized": mode == "sla2-stage2"}
+    elif mode != "rcm":
         base["attention"] = {"method": "sla", "keep": 0.25, "linear": "all", "topk_rule": "floor", "block_q": 16,
                              "block_k": 16}
     return DistillConfig(**{**base, **overrides})

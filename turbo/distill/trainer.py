@@ -15,6 +15,14 @@ Modes (`DistillConfig.mode`):
 * "rcm+sla" — "rcm" with the SLA student. The JVP tangent has no sparse path yet, so it is computed with the
   student's attention set dense (the SLA modules are set aside for that one no-grad pass); the with-gradient forward
   and the DMD simulation run SLA. This is logged once and written into the exported card.
+* "sla2-stage1" — SLA2's router training (ALGORITHMS.md §2): the student is a teacher copy with turbo's ``sla2`` and
+  SoftTop-k installed; only the SLA2 parameters (proj_q, proj_k, α logits of every layer) train, everything else is
+  frozen. Each step draws x_t and t as "sla" does, runs the frozen student with every layer's attention dense (=
+  the teacher, in fp32) while capturing each self-attention's post-RoPE (Q, K, V) (`turbo.eval.capture.QKVCapture`),
+  and the loss is the mean over layers of mean((SLA2_l(Q, K, V) − softmax(QKᵀ/√d)V)²): each layer's SLA2 module is
+  fitted to reproduce dense attention on its own captured inputs (not on its predecessors' SLA2 outputs).
+* "sla2-stage2" — hard top-k + QAT (``quantized``) SLA2 student, the whole model trains with the "sla" velocity loss;
+  it starts from the SLA2 parts of a stage-1 export (``init_from``), or from untrained parts (logged, noted).
 
 Checkpoints (`turbo.training.checkpoint`, atomic, checksummed) every ``save_every`` steps, at the end and at the step
 boundary after a SIGTERM (then `distill` returns with ``interrupted=True``); ``resume=True`` continues exactly: same
@@ -28,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import logging
 import math
 import signal
@@ -123,10 +132,61 @@ def _negative(data, batch: int, device) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------------ the models
 
 
+STAGE1_NOTE = ("SLA2 stage 1: loss = mean over layers of the MSE between each layer's SLA2 output (SoftTop-k) and "
+               "dense attention on the Q/K/V captured from the frozen teacher at x_t of the cached latents; only the "
+               "SLA2 router (proj_q, proj_k) and alpha train, the rest of the transformer is the teacher's")
+UNTRAINED_NOTE = "SLA2 stage 2 without init_from: starting from untrained SLA2 parts (identity router, initial alpha)"
+
+
 def _install_student_attention(student: torch.nn.Module, config: DistillConfig) -> None:
     import turbo
 
     turbo.accelerate(student, {"attention": dict(config.attention)}, allow_untuned=True)
+
+
+def _load_stage1_parts(student: torch.nn.Module, config: DistillConfig) -> Path:
+    """Load the SLA2 parts of a stage-1 export (``config.init_from``) into the student's SLA2 modules."""
+    import json
+
+    from safetensors import safe_open
+
+    from turbo.attention.parts import CONFIG_KEY, METHOD_KEY, PARTS_FILE, load_parts
+
+    path = Path(config.init_from)
+    if path.is_dir():
+        path = path / PARTS_FILE
+    if not path.is_file():
+        raise TurboConfigError(f"init_from: {path} does not exist; give the directory a 'sla2-stage1' run exported "
+                               "(its student/ folder).")
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    if metadata.get(METHOD_KEY) != "sla2":
+        raise TurboConfigError(f"init_from: {path} holds {metadata.get(METHOD_KEY)!r} attention parts, not 'sla2'; "
+                               "give a 'sla2-stage1' export.")
+    saved = json.loads(metadata.get(CONFIG_KEY, "{}"))
+    ours = config.turbo_attention().to_dict()
+    differ = [k for k in ("keep", "block_q", "block_k", "alpha_bins") if k in saved and saved[k] != ours.get(k)]
+    if differ:
+        theirs = ", ".join(f"{k}={saved[k]}" for k in differ)
+        mine = ", ".join(f"{k}={ours.get(k)}" for k in differ)
+        raise TurboConfigError(f"init_from: the stage-1 parts were trained with {theirs} but this config has {mine}; "
+                               "use the stage-1 values.")
+    load_parts(student, path)
+    return path
+
+
+def _sla2_modules(model: torch.nn.Module) -> dict[int, torch.nn.Module]:
+    """layer index -> the SLA2 method module installed under that layer's self-attention."""
+    from turbo.adapters import METHOD_ATTR
+
+    return {module.processor.layer_index: getattr(module, METHOD_ATTR) for module in model.modules()
+            if hasattr(module, METHOD_ATTR) and hasattr(getattr(module, "processor", None), "layer_index")}
+
+
+def _dense_reference(q, k, v, attn_mask=None) -> torch.Tensor:
+    out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                           attn_mask=attn_mask)
+    return out.transpose(1, 2)
 
 
 @contextlib.contextmanager
@@ -193,8 +253,17 @@ class _Run:
         student = copy.deepcopy(teacher).float().train()
         if config.mode != "rcm":
             _install_student_attention(student, config)
+        if config.mode == "sla2-stage2":
+            if config.init_from:
+                logger.info("sla2-stage2: SLA2 parts loaded from %s", _load_stage1_parts(student, config))
+                self.notes.append(f"SLA2 stage 2 started from the stage-1 parts of {config.init_from}")
+            else:
+                self.notes.append(UNTRAINED_NOTE)
+                logger.warning("sla2-stage2: %s", UNTRAINED_NOTE)
+        if config.mode == "sla2-stage1":
+            self.notes.append(STAGE1_NOTE)
         student.requires_grad_(True)
-        if config.mode != "rcm" and config.train_attention_only:
+        if config.mode == "sla2-stage1" or (config.mode != "rcm" and config.train_attention_only):
             from turbo.adapters import METHOD_ATTR
 
             for name, p in student.named_parameters():
@@ -216,6 +285,7 @@ class _Run:
             self.student_p, self.opt = accelerator.prepare(student, opt)
         self.student_net = accelerator.unwrap_model(self.student_p)
         self.student = TrigFlowModel(self.student_p)
+        self.sla2 = _sla2_modules(self.student_net) if config.mode == "sla2-stage1" else {}
         self.ema = PowerEMA(self.student_net, sigma_rel=config.ema_sigma_rel)
         self.gen = torch.Generator(device=self.device).manual_seed(config.seed * 7919 + accelerator.process_index)
         self.student_iter = 0  # student updates so far
@@ -352,7 +422,8 @@ class _Run:
         x_D, theta = self._renoise(G)
         return L.fake_score_loss(G, self.fake.denoise(x_D, theta, **cond).x0, theta).sum()
 
-    def _sla_loss(self, batch) -> torch.Tensor:
+    def _rf_input(self, batch):
+        """x_t = (1 − t)·x0 + t·ε with t = σ/(1 + σ), σ = exp(N(sla_p_mean, sla_p_std²)); the timestep t·1000."""
         cfg = self.config
         x0 = batch["latents"]
         B = x0.shape[0]
@@ -360,8 +431,43 @@ class _Run:
         t = (torch.exp(log_sigma) / (1 + torch.exp(log_sigma))).clamp(0.0, 1.0)
         tt = t.reshape(B, *([1] * (x0.ndim - 1)))
         x_t = (1 - tt) * x0 + tt * self._randn(x0.shape)
-        cond = {"encoder_hidden_states": batch["prompt_embeds"]}
-        timestep = t * 1000.0
+        return x_t, t * 1000.0, {"encoder_hidden_states": batch["prompt_embeds"]}
+
+    def _attention_loss(self, batch) -> torch.Tensor:
+        """SLA2 stage 1: mean over layers of MSE(SLA2_l(Q, K, V), dense(Q, K, V)) on the (Q, K, V) of a dense
+        forward of the frozen student (= the teacher) at x_t."""
+        from turbo.eval.capture import QKVCapture
+        from turbo.runtime import AttentionCall, StepInfo
+
+        x_t, timestep, cond = self._rf_input(batch)
+        runtime = self.student_net.turbo.runtime
+        capture = QKVCapture(device=self.device)
+        dense_steps = runtime.dense_steps
+        runtime.capture, runtime.dense_steps = capture, 1 << 62  # every layer dense: the teacher's activations
+        try:
+            with torch.no_grad():
+                self.student_net(hidden_states=x_t, timestep=timestep, return_dict=False, **cond)
+        finally:
+            runtime.capture, runtime.dense_steps = None, dense_steps
+            runtime.reset()
+        losses = []
+        for item in capture:
+            q, k, v, mask = item.q, item.k, item.v, item.attn_mask
+            dense = functools.partial(_dense_reference, attn_mask=mask)
+            text_mask = None
+            if mask is not None and item.num_video < q.shape[1]:
+                text_mask = mask.reshape(mask.shape[0], -1)[:, item.num_video:].bool()
+            method = self.sla2[item.layer]
+            method.prepare(StepInfo(item.step, item.branch, item.layer, item.geometry, q.device))
+            out = method(q, k, v, AttentionCall(item.geometry, item.num_video, dense, attn_mask=mask,
+                                                text_mask=text_mask))
+            with torch.no_grad():
+                exact = dense(q, k, v)
+            losses.append(((out.float() - exact.float()) ** 2).mean())
+        return torch.stack(losses).mean()
+
+    def _sla_loss(self, batch) -> torch.Tensor:
+        x_t, timestep, cond = self._rf_input(batch)
         with torch.no_grad():
             v_T = self.teacher_net(hidden_states=x_t.to(self.teacher.dtype), timestep=timestep, return_dict=False,
                                    **cond)[0].float()
@@ -386,7 +492,8 @@ class _Run:
                     out = closure(batch)
                     loss, extra = out if isinstance(out, tuple) else (out, None)
                     value = _finite(loss, {"scm": "sCM", "dmd": "DMD", "fake": "fake-score",
-                                           "sla": "SLA velocity"}[name], step, self.out)
+                                           "sla": "SLA velocity", "attention": "SLA2 attention-output"}[name],
+                                    step, self.out)
                     acc.backward(loss / cfg.grad_accum)
                 acc_value += value / cfg.grad_accum
                 if extra is not None:
@@ -403,7 +510,17 @@ class _Run:
 
     def train_step(self, step: int) -> dict:
         cfg = self.config
-        if cfg.mode == "sla":
+        if cfg.mode == "sla2-stage1":
+            values = self._backward([("attention", self._attention_loss)], step)
+            if self.acc.num_processes > 1:  # the SLA2 modules ran outside the DDP wrapper: average by hand
+                for p in self.student_net.parameters():
+                    if p.grad is not None:
+                        p.grad.copy_(self.acc.reduce(p.grad, reduction="mean"))
+            self._update(self.opt, self.sched, self.student_p)
+            self.ema.update(self.student_net)
+            self.student_iter += 1
+            return {"kind": "student", "loss": values["attention"], **values}
+        if cfg.mode in ("sla", "sla2-stage2"):
             values = self._backward([("sla", self._sla_loss)], step)
             self._update(self.opt, self.sched, self.student_p)
             self.ema.update(self.student_net)
