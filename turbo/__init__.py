@@ -5,8 +5,11 @@
     turbo.accelerate(pipe, "fast")    # a preset; print(pipe.turbo) shows what changed
     turbo.restore(pipe)               # undo
 
-`accelerate`, `restore`, `default_config` and `convert_checkpoint` are imported on first use, so the kernels and the
-config can be used without importing diffusers.
+    turbo.save_quantized(pipe, "wan-fp8")          # after accelerate(pipe, quant="fp8")
+    transformer = turbo.load_quantized("wan-fp8/transformer", device="cuda")  # never holds the bf16 linears
+
+`accelerate`, `restore`, `default_config`, `convert_checkpoint`, `save_quantized` and `load_quantized` are imported on
+first use, so the kernels and the config can be used without importing diffusers.
 """
 
 from .cache import CacheConfig
@@ -46,11 +49,13 @@ __all__ = [
     "capabilities",
     "convert_checkpoint",
     "default_config",
+    "load_quantized",
     "option_specs",
     "register_feature",
     "register_method",
     "restore",
     "save_attention_parts",
+    "save_quantized",
 ]
 
 
@@ -59,6 +64,10 @@ def __getattr__(name: str):
         from .convert import convert_checkpoint
 
         return convert_checkpoint
+    if name in ("save_quantized", "load_quantized"):  # FP8 transformers saved once, loaded without bf16 weights
+        from .quant import io
+
+        return getattr(io, name)
     if name in _LAZY:
         import importlib
 

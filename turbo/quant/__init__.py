@@ -7,7 +7,11 @@ activations per token, cuBLASLt FP8 GEMM on GPUs with FP8 tensor cores). Embeddi
 final head, modulation linears and turbo's own attention parts stay in their dtype. The original linears are kept
 on the CPU while quantised (the GPU holds only the FP8 weights) and `turbo.restore` puts them back exactly.
 On a CPU the same numerics run simulated (for accuracy studies; not faster). `int8` and `nvfp4-mixed` raise
-`NotImplementedMethodError` naming themselves."""
+`NotImplementedMethodError` naming themselves.
+
+`turbo.save_quantized` / `turbo.load_quantized` (turbo/quant/io.py) save an FP8-accelerated transformer once and load
+it without its original weights; on such a model the feature swaps nothing (the linears are `FP8Linear` already),
+and `restore` leaves them FP8, with a warning line in `pipe.turbo`."""
 
 from __future__ import annotations
 
@@ -84,30 +88,45 @@ class QuantFeature(Feature):
             context.warnings.append("quant='fp8' on the CPU runs simulated FP8 numerics (for accuracy studies): "
                                     "slower than the original linears.")
 
-    def install(self, context, section: QuantConfig) -> list:
+    def install(self, context, section: QuantConfig) -> dict:
         from .fp8 import FP8Linear
 
         swapped = []  # (parent, attribute, original linear, its device)
+        kept = []  # (FP8Linear loaded already quantised, its fast_accum before): restore leaves these FP8
         try:
             for target in context.targets:
                 device = _device_of(target.model)
                 use_gemm = device.type == "cuda"
+                for module in target.model.modules():
+                    if isinstance(module, FP8Linear):  # loaded quantised (turbo.load_quantized): nothing to swap
+                        kept.append((module, module.fast_accum))
+                        module.fast_accum = section.fast_accum
                 for parent, attr, linear in block_linears(target.adapter.denoising_blocks(target.model)):
                     quantised = FP8Linear(linear, use_gemm, section.fast_accum)
                     setattr(parent, attr, quantised)
                     swapped.append((parent, attr, linear, linear.weight.device))
                     linear.to("cpu")  # in place: the GPU keeps only the FP8 copy; restore moves it back
         except BaseException:
-            self.undo(context, swapped)
+            self.undo(context, {"swapped": swapped, "kept": kept})
             raise
+        if kept:
+            context.warnings.append(
+                f"{len(kept)} linear layers were loaded already quantised to FP8 (turbo.load_quantized); "
+                "turbo.restore leaves them FP8, there are no original weights to bring back."
+            )
         if swapped:
             logger.info("turbo: %d linear layers quantised to FP8", len(swapped))
-        return swapped
+        return {"swapped": swapped, "kept": kept}
 
-    def undo(self, context, token: list) -> None:
-        for parent, attr, linear, device in reversed(token):
+    def undo(self, context, token: dict) -> None:
+        for parent, attr, linear, device in reversed(token["swapped"]):
             linear.to(device)
             setattr(parent, attr, linear)
+        for module, fast_accum in token["kept"]:
+            module.fast_accum = fast_accum
+        if token["kept"]:
+            logger.warning("turbo: restore keeps %d linear layers FP8 (they were loaded quantised).",
+                           len(token["kept"]))
 
     def describe(self, section: QuantConfig) -> str:
         extra = ", fast accumulation" if section.fast_accum else ""

@@ -86,13 +86,33 @@ class FP8Linear(nn.Module):
 
     def __init__(self, linear: nn.Linear, use_gemm: bool, fast_accum: bool = False):
         super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
         q, scale = quantize_weight(linear.weight)
-        self.register_buffer("weight_q", q)
-        self.register_buffer("weight_scale", scale)
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
-        self.use_gemm = use_gemm and gemm_ready((self.out_features, self.in_features))
+        bias = None if linear.bias is None else linear.bias.detach().clone()
+        self._set_state(linear.in_features, linear.out_features, q, scale, bias, use_gemm, fast_accum)
+
+    def _set_state(self, in_features: int, out_features: int, weight_q: Tensor, weight_scale: Tensor,
+                   bias: Tensor | None, use_gemm: bool, fast_accum: bool) -> None:
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("weight_q", weight_q)
+        self.register_buffer("weight_scale", weight_scale)
+        self.register_buffer("bias", bias)
+        self.use_gemm = use_gemm and gemm_ready((out_features, in_features))
         self.fast_accum = fast_accum
+
+    @classmethod
+    def empty(cls, in_features: int, out_features: int, bias: bool, dtype: torch.dtype, device=None,
+              use_gemm: bool = False, fast_accum: bool = False) -> FP8Linear:
+        """A shell with uninitialised buffers (`weight_q` e4m3, `weight_scale` fp32, `bias` in `dtype` if `bias`) on
+        `device` (e.g. "meta"), to be filled by `load_state_dict(..., assign=True)`; no high-precision weight is ever
+        allocated. Used by `turbo.load_quantized`."""
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        module._set_state(in_features, out_features,
+                          torch.empty(out_features, in_features, dtype=FP8, device=device),
+                          torch.empty(out_features, dtype=torch.float32, device=device),
+                          torch.empty(out_features, dtype=dtype, device=device) if bias else None,
+                          use_gemm, fast_accum)
+        return module
 
     def forward(self, x: Tensor) -> Tensor:
         if self.use_gemm:
