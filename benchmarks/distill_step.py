@@ -100,23 +100,6 @@ def _patched(module, name, value):
         setattr(module, name, old)
 
 
-def _jvp_context(jvp: str):
-    """Route the trainer's JVP attention through the Triton kernel (`kernel_jvp_fn`) when asked: the trainer installs
-    `using_jvp_attention(student)` without a jvp_fn (the chunked PyTorch reference)."""
-    from turbo.distill import trainer
-
-    if jvp != "kernel":
-        return contextlib.nullcontext()
-    from turbo.distill.jvp_attention import using_jvp_attention
-    from turbo.distill.kernels.jvp_attention import kernel_jvp_fn
-
-    def with_kernel(model, **kwargs):
-        kwargs.setdefault("jvp_fn", kernel_jvp_fn)
-        return using_jvp_attention(model, **kwargs)
-
-    return _patched(trainer, "using_jvp_attention", with_kernel)
-
-
 # ---------------------------------------------------------------------------------------------------- measuring
 
 
@@ -155,8 +138,9 @@ def _step_variant(name: str, teacher, data, args) -> dict:
     if base == "rcm-step":
         config = DistillConfig(mode="rcm", steps=1000, tangent_warmup=0, student_update_freq=5,
                                max_simulation_steps=args.sim_steps, gradient_checkpointing=gc_on,
-                               mixed_precision=args.mixed_precision, show_progress=False)
-        jvp = args.jvp if cuda else "reference"
+                               mixed_precision=args.mixed_precision, show_progress=False,
+                               jvp_attention=args.jvp if cuda else "reference")
+        jvp = config.jvp_attention
     else:
         attention = {"method": "sla", "keep": args.keep, "linear": "all", "topk_rule": "floor"}
         config = DistillConfig(mode="sla", steps=1000, attention=attention, gradient_checkpointing=gc_on,
@@ -169,7 +153,7 @@ def _step_variant(name: str, teacher, data, args) -> dict:
     _clean()
     run = acc = None
     try:
-        with tempfile.TemporaryDirectory() as out, no_sla, _jvp_context(jvp or ""):
+        with tempfile.TemporaryDirectory() as out, no_sla:
             acc = _accelerator(args.mixed_precision)
             run = trainer._Run(pipe, config, data, Path(out), acc)
             if cuda:

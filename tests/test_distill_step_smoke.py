@@ -36,21 +36,24 @@ def test_distill_step_smoke(tmp_path, capsys):
     assert json.loads(out.read_text())["rows"].keys() == rows.keys()
 
 
-def test_kernel_jvp_routing():
-    """--jvp kernel makes the trainer's JVP attention processors carry kernel_jvp_fn (and only while measuring)."""
+def test_trainer_jvp_attention_choice():
+    """DistillConfig.jvp_attention: "kernel" puts the Triton kernel's kernel_jvp_fn on every JVP processor, "auto" on a
+    CPU model and "reference" the chunked PyTorch reference; the processors are gone afterwards."""
+    import pytest
     import torch
 
-    from benchmarks import distill_step
     from pipelines.tiny import _wan_transformer
     from turbo.distill import trainer
+    from turbo.distill.config import DistillConfig
     from turbo.distill.jvp_attention import JVPWanAttnProcessor
     from turbo.distill.kernels.jvp_attention import kernel_jvp_fn
+    from turbo.errors import TurboConfigError
 
     model = _wan_transformer(num_layers=1, num_heads=2, head_dim=16, text_dim=32, seed=0).to(torch.float32)
-    original = trainer.using_jvp_attention
-    with distill_step._jvp_context("kernel"):
-        with trainer._dense_attention_for_jvp(model):
+    for choice, expected in (("kernel", kernel_jvp_fn), ("auto", None), ("reference", None)):
+        with trainer._dense_attention_for_jvp(model, choice):
             procs = list(model.attn_processors.values())
-            assert procs and all(isinstance(p, JVPWanAttnProcessor) and p.jvp_fn is kernel_jvp_fn for p in procs)
-    assert trainer.using_jvp_attention is original
-    assert not any(isinstance(p, JVPWanAttnProcessor) for p in model.attn_processors.values())
+            assert procs and all(isinstance(p, JVPWanAttnProcessor) and p.jvp_fn is expected for p in procs)
+        assert not any(isinstance(p, JVPWanAttnProcessor) for p in model.attn_processors.values())
+    with pytest.raises(TurboConfigError, match="jvp_attention"):
+        DistillConfig(jvp_attention="triton")

@@ -27,10 +27,11 @@ __all__ = ["MODES", "MIXED_PRECISION", "RUNTIME_KEYS", "DistillConfig", "tiny_to
 
 MODES = ("rcm", "sla", "rcm+sla", "sla2-stage1", "sla2-stage2")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+JVP_ATTENTION = ("auto", "kernel", "reference")  # auto: the Triton kernel on CUDA, the PyTorch reference elsewhere
 # keys that may change on --resume: they do not change the trained parameters (`steps` extends or shortens a run; the
 # LR schedule is warm-up then constant, so the trajectory of the shared steps is the same)
 RUNTIME_KEYS = ("steps", "save_every", "sample_every", "log_every", "show_progress", "keep_checkpoints", "output",
-                "teacher", "data")
+                "teacher", "data", "jvp_attention")
 
 _MODE_DEFAULTS = {
     "rcm": {"lr": 2e-6, "beta1": 0.0, "attention": {"method": "dense"}},
@@ -68,6 +69,8 @@ class DistillConfig(ConfigDict):
     ema_sigma_rel: EDM2 power EMA of the student (what is exported). grad_clip: 0 = off (as published).
     mixed_precision: accelerate's "no" | "bf16" | "fp16" (fp32 master weights either way).
     gradient_checkpointing: diffusers' per-block activation checkpointing on the student (and fake score).
+    jvp_attention: the attention JVP of the sCM tangent: "auto" (turbo's Triton kernel, O and its tangent in one pass,
+        on CUDA; the chunked PyTorch reference elsewhere), "kernel" or "reference".
     save_every / sample_every / log_every: checkpoint, sample-video (0 = never) and log periods in steps.
     """
 
@@ -108,6 +111,7 @@ class DistillConfig(ConfigDict):
     ema_sigma_rel: float = 0.1
     mixed_precision: str = "bf16"
     gradient_checkpointing: bool = False
+    jvp_attention: str = "auto"
     save_every: int = 500
     sample_every: int = 0
     log_every: int = 50
@@ -121,6 +125,9 @@ class DistillConfig(ConfigDict):
         for key in ("lr", "beta1", "attention"):
             if getattr(self, key) is None:
                 object.__setattr__(self, key, dict(defaults[key]) if key == "attention" else defaults[key])
+        if self.jvp_attention not in JVP_ATTENTION:
+            raise TurboConfigError(f"DistillConfig.jvp_attention must be one of {', '.join(JVP_ATTENTION)}, got "
+                                   f"{self.jvp_attention!r}.")
         if self.mixed_precision not in MIXED_PRECISION:
             raise TurboConfigError(f"DistillConfig.mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got "
                                    f"{self.mixed_precision!r}.")

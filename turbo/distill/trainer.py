@@ -189,16 +189,27 @@ def _dense_reference(q, k, v, attn_mask=None) -> torch.Tensor:
     return out.transpose(1, 2)
 
 
+def _jvp_fn(model: torch.nn.Module, choice: str):
+    """The attention JVP for `choice` ("auto": turbo's Triton kernel when `model` is on CUDA, else the chunked
+    PyTorch reference; "kernel"; "reference"); None means the reference."""
+    if choice == "reference" or (choice == "auto" and not next(model.parameters()).is_cuda):
+        return None
+    from .kernels.jvp_attention import kernel_jvp_fn
+
+    return kernel_jvp_fn
+
+
 @contextlib.contextmanager
-def _dense_attention_for_jvp(model: torch.nn.Module):
-    """JVP attention on `model`, with turbo's sparse method modules set aside for the duration (they have no JVP)."""
+def _dense_attention_for_jvp(model: torch.nn.Module, choice: str = "auto"):
+    """JVP attention on `model` (its attention JVP per `_jvp_fn`), with turbo's sparse method modules set aside for
+    the duration (they have no JVP)."""
     from turbo.adapters import METHOD_ATTR
 
     parked = [(module, getattr(module, METHOD_ATTR)) for module in model.modules() if hasattr(module, METHOD_ATTR)]
     for module, _ in parked:
         delattr(module, METHOD_ATTR)
     try:
-        with using_jvp_attention(model):
+        with using_jvp_attention(model, jvp_fn=_jvp_fn(model, choice)):
             yield model
     finally:
         for module, method in parked:
@@ -376,7 +387,7 @@ class _Run:
         _, F_T = self._teacher_cfg(x_t, theta, cond, uncond)
         t_x, t_theta = L.scm_tangents(F_T, theta)
         jvp_model = TrigFlowModel(self.student_net)
-        with _dense_attention_for_jvp(self.student_net):
+        with _dense_attention_for_jvp(self.student_net, self.config.jvp_attention):
             _, t_F = jvp_model.F_and_tangent(x_t, theta, t_x, t_theta, **cond)
         F = self.student(x_t, theta, **cond)
         loss = L.scm_loss(F, F_T, t_F, x_t, theta, r, loss_scale=cfg.scm_loss_scale).sum()
