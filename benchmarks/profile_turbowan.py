@@ -84,8 +84,9 @@ def gemms() -> None:
 
 
 def profile_forward(topk: float, quant: str, top: int) -> None:
-    import turbo
     from compile_forward import build_model, inputs
+
+    import turbo
 
     model = build_model("wan2.1-t2v-1.3b")
     x = inputs("480p")

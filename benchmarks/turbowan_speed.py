@@ -228,7 +228,7 @@ def main() -> int:
     rows = results["rows"]
     stock = rows.get("stock", {}).get("loop_50xcfg_s")
     td_loop = rows.get("td", {}).get("median_s")
-    print(f"\n| variant | loop s | per call s | first s | peak GiB | vs stock 50xCFG | vs TurboDiffusion |")
+    print("\n| variant | loop s | per call s | first s | peak GiB | vs stock 50xCFG | vs TurboDiffusion |")
     print("|---|---|---|---|---|---|---|")
     for name, row in rows.items():
         if "error" in row:

@@ -17,9 +17,9 @@ from .adapters import METHOD_ATTR, ModelAdapter, adapter_for, find_transformers
 from .adapters.step_hook import install_step_hook, remove_step_hook
 from .attention.parts import save_attention_parts  # noqa: F401  (re-exported as turbo.save_attention_parts)
 from .capabilities import Capabilities, detect
-from .recipe import find_recipe
 from .config import PRESETS, TurboConfig, resolve_config
 from .errors import TurboError
+from .recipe import find_recipe
 from .registry import features
 from .report import TurboReport
 from .runtime import TurboRuntime

@@ -1,10 +1,11 @@
 """A model's turbo recipe: the `TurboConfig` a transformer was converted or trained for, saved beside its weights.
 
-`turbo convert` (TurboDiffusion / rCM checkpoints) and the distillation export write `<transformer dir>/turbo_config.json`
-(a `TurboConfig.to_dict()`: e.g. the rCM sampler with its steps and σ_max, SLA in TurboDiffusion's form). When
-`turbo.accelerate(pipe)` gets no config, the recipe found beside the transformers' weights is the starting point
-instead of the machine default, and flat overrides apply on top of it; an explicit config or preset wins over it. So
-`from_pretrained` + `turbo.accelerate(pipe)` runs such a model as it was made, with nothing to remember."""
+`turbo convert` (TurboDiffusion / rCM checkpoints) and the distillation export write
+`<transformer dir>/turbo_config.json` (a `TurboConfig.to_dict()`: e.g. the rCM sampler with its steps and σ_max,
+SLA in TurboDiffusion's form). When `turbo.accelerate(pipe)` gets no config, the recipe found beside the
+transformers' weights is the starting point instead of the machine default, and flat overrides apply on top of it;
+an explicit config or preset wins over it. So `from_pretrained` + `turbo.accelerate(pipe)` runs such a model as it
+was made, with nothing to remember."""
 
 from __future__ import annotations
 

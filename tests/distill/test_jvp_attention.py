@@ -66,9 +66,9 @@ def test_function_forward_jvp_and_backward():
     leaves = [x.clone().requires_grad_() for x in (q, k, v)]
     grad = torch.randn_like(o)
     expected = torch.autograd.grad(materialised(*leaves), leaves, grad)
-    for got, want in zip(torch.autograd.grad(ja.attention_with_jvp(*leaves), leaves, grad), expected):
+    for got, want in zip(torch.autograd.grad(ja.attention_with_jvp(*leaves), leaves, grad), expected, strict=False):
         torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
-    for got, want in zip(ja.attention_backward_reference(q, k, v, grad, chunk=4), expected):
+    for got, want in zip(ja.attention_backward_reference(q, k, v, grad, chunk=4), expected, strict=False):
         torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
 
 
@@ -136,7 +136,7 @@ def test_wan_processor_gradients_match_stock(wan64):
         loss_jvp = model(x, theta, encoder_hidden_states=ctx).square().sum()
         got = torch.autograd.grad(loss_jvp, params)
     torch.testing.assert_close(loss_jvp, loss, atol=1e-9, rtol=1e-9)
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=False):
         torch.testing.assert_close(a, b, atol=1e-8, rtol=1e-8)
 
 

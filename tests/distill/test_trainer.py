@@ -23,25 +23,6 @@ HEIGHT = WIDTH = 64
 FRAMES = 9
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    from pipelines import tiny
-
-    pipe = tiny.build_wan_t2v()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture(scope="module")
-def cache(pipe, tmp_path_factory):
-    from turbo.distill.data import LatentCache, cache_toyworld
-
-    directory = tmp_path_factory.mktemp("cache")
-    cache_toyworld(pipe, 4, directory, height=HEIGHT, width=WIDTH, num_frames=FRAMES, max_sequence_length=32,
-                   dtype=torch.float32, progress=False, overwrite=True)
-    return LatentCache(directory)
-
-
 def _rcm_config(**overrides) -> DistillConfig:
     return tiny_toyworld(**{"mode": "rcm", "steps": RCM_STEPS, "lr": 1e-3, "tangent_warmup": SCM_WARMUP,
                             "save_every": SCM_WARMUP, **overrides})
@@ -115,7 +96,8 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(pipe, cache, rcm_run, 
     assert signal.getsignal(signal.SIGTERM) is not None  # the previous handler is back
     second = distill(pipe, _rcm_config(), cache, tmp_path, resume=True)
     assert second.steps_done == RCM_STEPS and [h["step"] for h in second.history][0] == 7
-    for (name, a), (_, b) in zip(second.student.state_dict().items(), rcm_run.student.state_dict().items()):
+    pairs = zip(second.student.state_dict().items(), rcm_run.student.state_dict().items(), strict=True)
+    for (name, a), (_, b) in pairs:
         assert torch.equal(a, b), name
     for name, shadow in rcm_run.ema.shadow.items():
         assert torch.equal(second.ema.shadow[name], shadow), name

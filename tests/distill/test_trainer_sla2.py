@@ -19,25 +19,6 @@ STAGE1_STEPS = 15
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    from pipelines import tiny
-
-    pipe = tiny.build_wan_t2v()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture(scope="module")
-def cache(pipe, tmp_path_factory):
-    from turbo.distill.data import LatentCache, cache_toyworld
-
-    directory = tmp_path_factory.mktemp("cache")
-    cache_toyworld(pipe, 4, directory, height=HEIGHT, width=WIDTH, num_frames=FRAMES, max_sequence_length=32,
-                   dtype=torch.float32, progress=False, overwrite=True)
-    return LatentCache(directory)
-
-
-@pytest.fixture(scope="module")
 def stage1(pipe, cache, tmp_path_factory):
     config = tiny_toyworld(mode="sla2-stage1", steps=STAGE1_STEPS, lr=2e-2, save_every=100)
     return distill(pipe, config, cache, tmp_path_factory.mktemp("stage1"))

@@ -1,4 +1,4 @@
-"""``python -m turbo.distill --config cfg.yaml [--resume] [--out DIR]`` (and ``accelerate launch -m turbo.distill ...``).
+"""``python -m turbo.distill --config cfg.yaml [--resume] [--out DIR]`` (or ``accelerate launch -m turbo.distill``).
 
 The teacher is ``DiffusionPipeline.from_pretrained(config.teacher)``: a diffusers pipeline directory (``turbo
 distill`` in the CLI also resolves registry model names before it gets here); the data is the latent cache directory
@@ -35,7 +35,8 @@ def build_parser(prog: str = "python -m turbo.distill") -> argparse.ArgumentPars
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="YAML or JSON DistillConfig (see examples/distill_toyworld.yaml)")
+    parser.add_argument("--config", required=True,
+                        help="YAML or JSON DistillConfig (see examples/distill_toyworld.yaml)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     parser.add_argument("--out", default=None, help="run directory (default: the config's output)")
 

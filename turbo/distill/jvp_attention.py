@@ -17,7 +17,7 @@ Layout [B, S, H, D] (turbo's / diffusers' dispatch layout); q and k/v lengths ma
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -151,7 +151,8 @@ class JVPAttentionFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         q, k, v = ctx.saved_tensors
         with torch.enable_grad():
-            leaves = [x.detach().requires_grad_(need) for x, need in zip((q, k, v), ctx.needs_input_grad[:3])]
+            needs = ctx.needs_input_grad[:3]
+            leaves = [x.detach().requires_grad_(need) for x, need in zip((q, k, v), needs, strict=True)]
             out = _sdpa(*leaves, ctx.scale)
             wanted = [x for x in leaves if x.requires_grad]
             grads = iter(torch.autograd.grad(out, wanted, grad_out) if wanted else ())

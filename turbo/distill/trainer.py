@@ -42,14 +42,26 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from turbo.errors import TurboConfigError, TurboError, UnsupportedModelError
-from turbo.training import (PowerEMA, StepPlan, build_optimizer, capture_rng, join_tensors, latest_checkpoint,
-                            load_checkpoint, progress, restore_rng, save_checkpoint, split_tensors)
+from turbo.training import (
+    PowerEMA,
+    StepPlan,
+    build_optimizer,
+    capture_rng,
+    join_tensors,
+    latest_checkpoint,
+    load_checkpoint,
+    progress,
+    restore_rng,
+    save_checkpoint,
+    split_tensors,
+)
 
 from . import losses as L
 from .config import RUNTIME_KEYS, DistillConfig
@@ -680,7 +692,8 @@ def distill(pipe, config: DistillConfig, data, output_dir, *, resume: bool = Fal
     if export and not interrupted and accelerator.is_main_process:
         from .export import export_student
 
-        info = {"teacher": config.teacher or type(pipe).__name__, "data": config.data or str(getattr(data, "directory", "")),
+        info = {"teacher": config.teacher or type(pipe).__name__,
+                "data": config.data or str(getattr(data, "directory", "")),
                 "samples": len(data), "steps": run.step, "student_updates": run.student_iter,
                 "fake_updates": run.fake_iter, "processes": accelerator.num_processes,
                 "seconds": time.perf_counter() - started, "device": _device_name(accelerator.device)}

@@ -16,8 +16,8 @@ The student stays an ordinary diffusers transformer; `TrigFlowModel` only wraps 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
