@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from turbo.errors import TurboConfigError
 from turbo.training import (
     EMA,
     PowerEMA,
@@ -99,6 +100,16 @@ def test_linear_warmup_then_constant():
         opt.step()
         sched.step()
     assert lrs == pytest.approx([5e-5, 1e-4, 1.5e-4, 2e-4, 2e-4, 2e-4, 2e-4, 2e-4])
+
+
+def test_warmup_from_a_start_factor_as_rcm():
+    factor = lr_factor("constant", warmup=4, total=lambda: 100, warmup_start=1e-6)
+    assert [factor(s) for s in range(6)] == pytest.approx([1e-6, 0.25 + 0.75e-6, 0.5 + 0.5e-6, 0.75 + 0.25e-6, 1, 1])
+    opt, _ = build_optimizer(torch.nn.Linear(2, 2).parameters(),
+                             TrainConfig(steps=20, lr=2e-6, warmup=100, warmup_start=1e-6), StepPlan(20))
+    assert opt.param_groups[0]["lr"] == pytest.approx(2e-12)
+    with pytest.raises(TurboConfigError, match="warmup_start"):
+        TrainConfig(steps=1, warmup_start=0.0)
 
 
 def test_cosine_ends_at_min_lr_and_tensor_lr_matches():

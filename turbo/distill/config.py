@@ -195,7 +195,8 @@ class DistillConfig(ConfigDict):
         """The `TrainConfig` of the student's (or the fake score's) optimizer: AdamW + warm-up then constant."""
         return TrainConfig(steps=self.steps, batch_size=self.batch_size, seed=self.seed,
                            lr=self.fake_lr if fake else self.lr, weight_decay=self.weight_decay, beta1=self.beta1,
-                           beta2=self.beta2, grad_clip=self.grad_clip, warmup=self.lr_warmup, schedule="constant",
+                           beta2=self.beta2, grad_clip=self.grad_clip, warmup=self.lr_warmup, warmup_start=1e-6,
+                           schedule="constant",
                            ema_sigma_rel=None if fake else self.ema_sigma_rel, cuda_graphs=False,
                            log_every=self.log_every, show_progress=self.show_progress)
 

@@ -665,7 +665,11 @@ def distill(pipe, config: DistillConfig, data, output_dir, *, resume: bool = Fal
     history: list[dict] = []
     interrupted, checkpoint = False, None
     with _Sigterm() as sigterm:
-        for step in progress(run.plan, f"distill {config.mode}", config.show_progress, start=run.step):
+        def status() -> dict:
+            last = history[-1] if history else {}
+            return {"loss": f"{last['loss']:.4g}"} if "loss" in last else {}
+
+        for step in progress(run.plan, f"distill {config.mode}", config.show_progress, start=run.step, status=status):
             record = {"step": step, **run.train_step(step)}
             run.step = step + 1
             history.append(record)

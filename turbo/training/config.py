@@ -56,7 +56,7 @@ class TrainConfig(ConfigDict):
         `StepPlan`).
     lr, weight_decay, beta1, beta2: AdamW. grad_clip: max global grad norm (0: no clipping).
     warmup, schedule, min_lr: linear warm-up over `warmup` steps, then "constant" or "cosine" decay to ``min_lr * lr``
-        at the plan's last step.
+        at the plan's last step. warmup_start: the warm-up's first factor (None: 1/warmup; rCM starts at 1e-6).
     ema_decay: a constant-decay EMA of the trained weights (0.999...); ema_sigma_rel: an EDM2 power EMA of that
         relative standard deviation instead (rCM exports one); at most one of the two.
     cuda_graphs: replay each training step as a CUDA graph (CUDA only; elsewhere the step runs eagerly and says so).
@@ -77,6 +77,7 @@ class TrainConfig(ConfigDict):
     beta2: float = 0.99
     grad_clip: float = 1.0
     warmup: int = 100
+    warmup_start: float | None = None
     schedule: str = "constant"
     min_lr: float = 0.1
     ema_decay: float | None = None
@@ -97,6 +98,8 @@ class TrainConfig(ConfigDict):
             raise TurboConfigError(f"TrainConfig.minutes must be > 0, got {self.minutes}")
         if self.schedule not in SCHEDULES:
             raise TurboConfigError(f"TrainConfig.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.warmup_start is not None and not 0.0 < self.warmup_start <= 1.0:
+            raise TurboConfigError(f"TrainConfig.warmup_start must be in (0, 1], got {self.warmup_start}")
         if self.lr <= 0 or self.batch_size < 1 or self.warmup < 0 or self.grad_clip < 0:
             raise TurboConfigError(f"TrainConfig needs lr > 0, batch_size >= 1, warmup >= 0 and grad_clip >= 0, got "
                                    f"lr={self.lr}, batch_size={self.batch_size}, warmup={self.warmup}, "

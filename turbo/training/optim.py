@@ -41,15 +41,19 @@ class TensorLambdaLR:
         self._apply()
 
 
-def lr_factor(schedule: str, warmup: int, total: Callable[[], int], min_lr: float = 0.1) -> Callable[[int], float]:
-    """Multiplier of the base rate at step s (0-based): ``(s + 1) / warmup`` during the warm-up, then 1 ("constant")
-    or a half cosine from 1 to `min_lr` reached at step ``total()`` ("cosine"; `total` is read lazily, so a time-budget
+def lr_factor(schedule: str, warmup: int, total: Callable[[], int], min_lr: float = 0.1,
+              warmup_start: float | None = None) -> Callable[[int], float]:
+    """Multiplier of the base rate at step s (0-based): during the warm-up ``(s + 1) / warmup``, or, with
+    `warmup_start`, linear from that factor at step 0 to 1 at step ``warmup`` (rCM: 1e-6); then 1 ("constant") or a
+    half cosine from 1 to `min_lr` reached at step ``total()`` ("cosine"; `total` is read lazily, so a time-budget
     plan's estimate is followed)."""
     if schedule not in SCHEDULES:
         raise TurboConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
 
     def factor(s: int) -> float:
         if warmup and s < warmup:
+            if warmup_start is not None:
+                return warmup_start + (1.0 - warmup_start) * s / warmup
             return (s + 1) / warmup
         if schedule == "constant":
             return 1.0
@@ -77,6 +81,6 @@ def build_optimizer(params, config, plan: StepPlan, capturable: bool = False, wa
     else:
         opt = torch.optim.AdamW(params, lr=config.lr, betas=betas, weight_decay=config.weight_decay)
     factor = lr_factor(config.schedule, config.warmup if warmup is None else warmup, lambda: plan.total,
-                       config.min_lr)
+                       config.min_lr, config.warmup_start)
     sched = TensorLambdaLR(opt, factor) if capturable else torch.optim.lr_scheduler.LambdaLR(opt, factor)
     return opt, sched

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from turbo.errors import TurboConfigError
 
@@ -59,9 +59,11 @@ class StepPlan:
         return step >= self.total
 
 
-def progress(plan: StepPlan, desc: str, show: bool | None = None, start: int = 0) -> Iterator[int]:
+def progress(plan: StepPlan, desc: str, show: bool | None = None, start: int = 0,
+             status: Callable[[], dict] | None = None) -> Iterator[int]:
     """Yield the step indices of `plan` from `start` under a tqdm bar (its total is refreshed once a time budget fixes
-    it). `show` None: tqdm decides (off when not a terminal)."""
+    it; it shows it/s and the ETA, plus `status()` — e.g. the last loss — after each step). `show` None: tqdm decides
+    (off when not a terminal)."""
     from tqdm.auto import tqdm
 
     bar = tqdm(total=plan.total if plan.minutes is None else None, desc=desc, leave=False, initial=start,
@@ -73,5 +75,7 @@ def progress(plan: StepPlan, desc: str, show: bool | None = None, start: int = 0
             bar.total = plan.total
             bar.refresh()
         yield step
+        if status is not None:
+            bar.set_postfix(status(), refresh=False)
         bar.update(1)
     bar.close()
