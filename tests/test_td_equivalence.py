@@ -27,8 +27,6 @@ def turbodiffusion():
     missing = [name for name in ("einops", "loguru", "pynvml") if importlib.util.find_spec(name) is None]
     if missing:
         pytest.skip(f"TurboDiffusion's code imports {missing}: pip install einops loguru nvidia-ml-py")
-    if importlib.util.find_spec("turbo.convert") is None:
-        pytest.skip("turbo.convert is not available")
     harness.prepare_environment("cpu", ["dense"])
     return ref.import_turbodiffusion()
 
