@@ -115,7 +115,8 @@ def _oracle_fp32(q, k, v, tq, tk, tv, scale=None):
     return torch.stack(outs, 2), torch.stack(touts, 2), torch.stack(lses, 1)
 
 
-def accuracy_check(shapes=((1, 4096, 4, 128, 4096), (2, 2048, 4, 64, 512), (1, 1560, 2, 128, 512)),
+def accuracy_check(shapes=((1, 4096, 4, 128, 4096), (2, 2048, 4, 64, 512), (1, 1560, 2, 128, 512),
+                           (4, 1280, 6, 32, 1280)),  # the last: ToyWorld Wan T2V, 17 frames
                    dtype=torch.bfloat16, tol: float = 2e-2) -> list[dict]:
     """bf16 kernel vs the fp32 oracle on (B, Sq, H, D, Sk) shapes; rel-L1 of o and t_o, max |Δlse|. Tangents are
     random normal plus a row-constant score component (keys with a shared mean) as in real attention."""

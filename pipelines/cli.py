@@ -374,10 +374,11 @@ def cmd_distill(args) -> int:
     here to its directory) or a diffusers pipeline directory; the rest is `python -m turbo.distill`."""
     import logging
 
-    from turbo.distill.__main__ import run
+    from turbo.distill.__main__ import parse_overrides, run
     from turbo.distill.config import DistillConfig
 
-    config = DistillConfig.load(args.config)
+    overrides = parse_overrides(args.overrides)
+    config = DistillConfig.load(args.config, overrides)
     teacher_dir = None
     if config.teacher and not Path(config.teacher).is_dir():
         preset = registry.resolve_model(config.teacher)
@@ -387,7 +388,7 @@ def cmd_distill(args) -> int:
         teacher_dir = preset.source
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return run(args.config, out=args.out, resume=args.resume, teacher_dir=teacher_dir)
+    return run(args.config, out=args.out, resume=args.resume, teacher_dir=teacher_dir, overrides=overrides)
 
 
 def cmd_info(args) -> int:

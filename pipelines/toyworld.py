@@ -2,7 +2,8 @@
 
     python -m pipelines.toyworld vae --family wan --out DIR (--steps N | --minutes M) ...
     python -m pipelines.toyworld train --kind wan-t2v --vae DIR --out DIR (--steps N | --minutes M) ...
-    python -m pipelines.toyworld accuracy --model DIR --prompts 200 --steps 50 --guidance 5 --json FILE
+    python -m pipelines.toyworld accuracy --model DIR [--transformer STUDENT] --prompts 200 --steps 50 --guidance 5
+    python -m pipelines.toyworld psnr CANDIDATE_VIDEOS REFERENCE_VIDEOS   # two accuracy --save-videos folders
     python -m pipelines.toyworld all --out DIR --device cuda      # the shipped models' recipe, ~45 GPU minutes
 
 `all` runs the recipe of models/toyworld/ stage after stage on one GPU (the Wan VAE, its decoder, the HunyuanVideo VAE,
@@ -100,8 +101,12 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--model", required=True)
     a.add_argument("--prompts", type=int, default=200)
     a.add_argument("--prompt-seed", type=int, default=0)
-    a.add_argument("--steps", type=int, default=50)
-    a.add_argument("--guidance", type=float, nargs="+", default=[5.0], help="one report per CFG scale")
+    a.add_argument("--transformer", default=None,
+                   help="a student transformer directory (turbo distill's export) that replaces --model's; it runs "
+                        "with its recipe (turbo_config.json: sampler, attention)")
+    a.add_argument("--steps", type=int, default=None, help="default: 50, or the student recipe's rCM steps")
+    a.add_argument("--guidance", type=float, nargs="+", default=None,
+                   help="one report per CFG scale (default: 5, or 1 for an rCM student)")
     a.add_argument("--frames", type=int, default=None)
     a.add_argument("--height", type=int, default=None)
     a.add_argument("--width", type=int, default=None)
@@ -110,6 +115,15 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--dtype", choices=("stored", "float32"), default="float32",
                    help="stored: as shipped (bf16 transformer, fp32 VAE; for GPUs); float32: everything fp32")
     a.add_argument("--json", default=None)
+    a.add_argument("--save-videos", default=None, metavar="DIR",
+                   help="save the first --save-count videos here: NNN.npy (uint8 [F, H, W, 3]) and NNN.png (frames "
+                        "0, middle, last side by side); `psnr DIR_A DIR_B` compares two such folders")
+    a.add_argument("--save-count", type=int, default=32)
+
+    ps = sub.add_parser("psnr", help="mean same-seed PSNR (dB) between two --save-videos folders")
+    ps.add_argument("candidate")
+    ps.add_argument("reference")
+    ps.add_argument("--json", default=None)
 
     al = sub.add_parser("all", help="the shipped models' recipe, stage after stage, then their accuracy")
     al.add_argument("--out", required=True)
@@ -290,25 +304,82 @@ def cmd_accuracy(args) -> list[dict]:
     recipe = json.loads(recipe_path.read_text()) if recipe_path.is_file() else {}
     sizes = recipe.get("sizes", {})
     pipe = load_toyworld(args.model, dtype=None if args.dtype == "stored" else torch.float32, device=args.device)
+    steps, guidances, config, label = args.steps or 50, args.guidance or [5.0], "dense", args.model
+    if args.transformer:
+        from turbo.recipe import find_recipe
+
+        student = type(pipe.transformer).from_pretrained(args.transformer, torch_dtype=pipe.transformer.dtype)
+        pipe.transformer = student.to(pipe.device)
+        recipe = find_recipe([student])
+        sampler = recipe[0].sampler if recipe else None
+        rcm = sampler is not None and sampler.mode == "rcm"
+        steps = args.steps or (sampler.steps if rcm else 50)
+        guidances = args.guidance or [1.0 if rcm else 5.0]
+        config, label = None, f"{args.model} + {args.transformer}"  # None: the student's recipe
     prompts = prompt_set(args.prompts, args.prompt_seed)
     reports = []
-    for guidance in args.guidance:
+    for guidance in guidances:
         kwargs = {
             "height": args.height or sizes.get("height", 256),
             "width": args.width or sizes.get("width", 256),
             "num_frames": args.frames or sizes.get("frames", 33),
-            "num_inference_steps": args.steps,
+            "num_inference_steps": steps,
             **sampling_kwargs(pipe, guidance),
         }
-        report = judge_prompts(pipe, prompts, kwargs, "dense", batch_size=args.batch_size)
-        out = {"model": args.model, "guidance": guidance, "device": str(args.device), "dtype": args.dtype,
+        save = None if not args.save_videos else _video_saver(Path(args.save_videos) / f"cfg{guidance:g}",
+                                                               args.save_count)
+        report = judge_prompts(pipe, prompts, kwargs, config, batch_size=args.batch_size, on_video=save)
+        out = {"model": args.model, "transformer": args.transformer, "guidance": guidance, "steps": steps,
+               "device": str(args.device), "dtype": args.dtype,
                "command": "python -m pipelines.toyworld " + shlex.join(args.argv), **report.to_dict()}
         reports.append(out)
-        print(f"{args.model} ({type(pipe).__name__}), CFG {guidance}, {args.steps} steps:")
+        print(f"{label} ({type(pipe).__name__}), CFG {guidance}, {steps} steps:")
         print(report.markdown())
     if args.json:
         Path(args.json).write_text(json.dumps(reports, indent=1) + "\n")
     return reports
+
+
+def _video_saver(directory: Path, count: int):
+    """An `on_video` callback of `judge_prompts` that keeps the first `count` videos as uint8 .npy + a .png strip."""
+    import numpy as np
+    from PIL import Image
+
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def save(index: int, prompt: str, seed: int, video) -> None:
+        if index >= count:
+            return
+        frames = (np.clip(video, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        np.save(directory / f"{index:03d}.npy", frames)
+        strip = np.concatenate([frames[0], frames[len(frames) // 2], frames[-1]], axis=1)
+        Image.fromarray(strip).save(directory / f"{index:03d}.png")
+        with (directory / "prompts.txt").open("a") as f:
+            f.write(f"{index:03d}\t{seed}\t{prompt}\n")
+
+    return save
+
+
+def cmd_psnr(args) -> dict:
+    """Mean PSNR of the candidate folder's videos against the reference folder's (matching NNN.npy files)."""
+    import numpy as np
+
+    from turbo.eval.metrics import psnr
+
+    names = sorted(p.name for p in Path(args.candidate).glob("*.npy"))
+    ref = Path(args.reference)
+    pairs = [(Path(args.candidate) / n, ref / n) for n in names if (ref / n).is_file()]
+    if not pairs:
+        raise SystemExit(f"toyworld psnr: no matching NNN.npy files in {args.candidate} and {args.reference}")
+    values = [psnr(np.load(a).astype(np.float32) / 255.0, np.load(b).astype(np.float32) / 255.0) for a, b in pairs]
+    finite = [v for v in values if np.isfinite(v)]
+    out = {"candidate": args.candidate, "reference": args.reference, "videos": len(values),
+           "psnr_mean_db": float(np.mean(finite)) if finite else float("inf"),
+           "psnr_min_db": float(np.min(values)), "identical": len(values) - len(finite)}
+    print(json.dumps(out))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    return out
 
 
 def _spawn(argv: list[str], log: Path) -> subprocess.Popen:
@@ -412,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("vae", "train") and args.steps is None and args.minutes is None:
         raise SystemExit(f"toyworld {args.command}: give --steps or --minutes")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    {"vae": cmd_vae, "train": cmd_train, "accuracy": cmd_accuracy, "all": cmd_all}[args.command](args)
+    {"vae": cmd_vae, "train": cmd_train, "accuracy": cmd_accuracy, "psnr": cmd_psnr, "all": cmd_all}[args.command](args)
     return 0
 
 

@@ -39,11 +39,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="YAML or JSON DistillConfig (see examples/distill_toyworld.yaml)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     parser.add_argument("--out", default=None, help="run directory (default: the config's output)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override one config key (YAML value, e.g. --set lr=1e-4 --set minutes=8); repeatable")
 
 
-def run(config_path, *, out=None, resume: bool = False, teacher_dir=None) -> int:
-    """Load the config, the teacher and the data, train, export; returns the exit code. `teacher_dir` overrides the
-    config's teacher (the CLI passes a resolved registry model here)."""
+def parse_overrides(items: list[str]) -> dict:
+    """``["lr=1e-4", "attention={method: sla, keep: 0.05}"]`` → ``{"lr": 1e-4, "attention": {...}}`` (YAML values)."""
+    import yaml
+
+    from turbo.errors import TurboConfigError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise TurboConfigError(f"--set takes KEY=VALUE, got {item!r}.")
+        if value.strip().lower() in ("no", "yes", "on", "off", "y", "n"):  # YAML 1.1 booleans; mixed_precision=no
+            out[key.strip()] = value.strip()
+            continue
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise TurboConfigError(f"--set {key.strip()}: {value!r} is not a YAML value.") from None
+    return out
+
+
+def run(config_path, *, out=None, resume: bool = False, teacher_dir=None, overrides: dict | None = None) -> int:
+    """Load the config (with `overrides` on top of its keys), the teacher and the data, train, export; returns the
+    exit code. `teacher_dir` overrides the config's teacher (the CLI passes a resolved registry model here)."""
     import torch
     from diffusers import DiffusionPipeline
 
@@ -52,7 +75,7 @@ def run(config_path, *, out=None, resume: bool = False, teacher_dir=None) -> int
     from .config import DistillConfig
     from .trainer import distill
 
-    config = DistillConfig.load(config_path)
+    config = DistillConfig.load(config_path, overrides)
     out = out or config.output
     if not out:
         raise TurboConfigError("no output directory: pass --out DIR or set output in the config.")
@@ -89,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        return run(args.config, out=args.out, resume=args.resume)
+        return run(args.config, out=args.out, resume=args.resume, overrides=parse_overrides(args.overrides))
     except (TurboError, OSError) as error:
         print(f"turbo: {' '.join(str(error).split())}", file=sys.stderr)
         return 2

@@ -30,8 +30,8 @@ MIXED_PRECISION = ("no", "bf16", "fp16")
 JVP_ATTENTION = ("auto", "kernel", "reference")  # auto: the Triton kernel on CUDA, the PyTorch reference elsewhere
 # keys that may change on --resume: they do not change the trained parameters (`steps` extends or shortens a run; the
 # LR schedule is warm-up then constant, so the trajectory of the shared steps is the same)
-RUNTIME_KEYS = ("steps", "save_every", "sample_every", "log_every", "show_progress", "keep_checkpoints", "output",
-                "teacher", "data", "jvp_attention")
+RUNTIME_KEYS = ("steps", "minutes", "save_every", "sample_every", "log_every", "show_progress", "keep_checkpoints",
+                "output", "teacher", "data", "jvp_attention")
 
 _MODE_DEFAULTS = {
     "rcm": {"lr": 2e-6, "beta1": 0.0, "attention": {"method": "dense"}},
@@ -58,8 +58,9 @@ class DistillConfig(ConfigDict):
         SLA2 parts the student starts from; empty = untrained SLA2 parts (logged).
     teacher: a diffusers pipeline directory (or, through `turbo distill`, a registry model name). data: a latent cache
         directory (`turbo.distill.data.LatentCache`). output: the run directory (``--out`` overrides it).
-    steps: training iterations (student or fake-score updates each count one). batch_size: samples per process per
-        micro-batch; grad_accum: micro-batches per update (accumulated under ``accelerator.no_sync``).
+    steps: training iterations (student or fake-score updates each count one). minutes: 0, or a wall-time budget:
+        the run stops (checkpoint + export, as at `steps`) at the first step boundary past it. batch_size: samples
+        per process per micro-batch; grad_accum: micro-batches per update (accumulated under ``accelerator.no_sync``).
     lr / fake_lr / beta1 / beta2 / weight_decay / lr_warmup: AdamW and a linear warm-up, then constant.
     student_update_freq, tangent_warmup, scm_loss_scale, dmd_loss_scale, guidance, p_mean, p_std, dmd_shift,
         max_simulation_steps: rCM (§2.2–2.4). sigma_max, sample_steps, mid_t: the exported rCM sampler.
@@ -81,6 +82,7 @@ class DistillConfig(ConfigDict):
     data: str = ""
     output: str = ""
     steps: int = 10000
+    minutes: float = 0.0
     batch_size: int = 1
     grad_accum: int = 1
     seed: int = 0
@@ -136,7 +138,7 @@ class DistillConfig(ConfigDict):
         bad = [k for k in positive if not isinstance(getattr(self, k), int) or getattr(self, k) < 1]
         bad += [k for k in ("lr", "fake_lr", "sigma_max", "p_std", "sla_p_std") if not getattr(self, k) > 0]
         bad += [k for k in ("lr_warmup", "tangent_warmup", "save_every", "sample_every", "log_every", "grad_clip",
-                            "weight_decay", "scm_loss_scale", "dmd_loss_scale") if getattr(self, k) < 0]
+                            "weight_decay", "scm_loss_scale", "dmd_loss_scale", "minutes") if getattr(self, k) < 0]
         if bad:
             raise TurboConfigError(f"DistillConfig: {', '.join(bad)} out of range (counts >= 1, rates > 0, periods "
                                    "and scales >= 0).")
@@ -204,8 +206,9 @@ class DistillConfig(ConfigDict):
 
 
     @classmethod
-    def load(cls, path) -> DistillConfig:
-        """Read a YAML (.yaml/.yml) or JSON file; a top-level ``preset: tiny-toyworld`` starts from that preset."""
+    def load(cls, path, overrides: dict | None = None) -> DistillConfig:
+        """Read a YAML (.yaml/.yml) or JSON file; a top-level ``preset: tiny-toyworld`` starts from that preset.
+        `overrides` (``--set key=value``) replace the file's keys before the config is built."""
         path = Path(path)
         if not path.is_file():
             raise TurboConfigError(f"{path}: no such distillation config file.")
@@ -220,6 +223,10 @@ class DistillConfig(ConfigDict):
         except Exception as error:  # noqa: BLE001 - any parse error becomes one sentence
             raise TurboConfigError(f"{path}: not valid {'YAML' if path.suffix != '.json' else 'JSON'} "
                                    f"({str(error).splitlines()[0]}).") from None
+        if overrides:
+            if not isinstance(data, dict):
+                raise TurboConfigError(f"{path}: a distillation config must be a mapping of keys to values.")
+            data = {**data, **overrides}
         if isinstance(data, dict) and "preset" in data:
             data = dict(data)
             name = data.pop("preset")

@@ -680,13 +680,19 @@ def distill(pipe, config: DistillConfig, data, output_dir, *, resume: bool = Fal
             if callback is not None:
                 callback(step, record)
             stop = sigterm.flag
-            if accelerator.num_processes > 1:
-                flag = torch.tensor([float(stop)], device=accelerator.device)
-                stop = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+            timeup = bool(config.minutes) and time.perf_counter() - started >= config.minutes * 60.0
+            if accelerator.num_processes > 1:  # every process leaves at the same step
+                flags = accelerator.reduce(torch.tensor([float(stop), float(timeup)], device=accelerator.device),
+                                           reduction="sum")
+                stop, timeup = bool(flags[0].item() > 0), bool(flags[1].item() > 0)
             if config.sample_every and run.step % config.sample_every == 0 and accelerator.is_main_process:
                 run.sample(out / "samples" / f"step-{run.step:08d}.mp4")
-            if stop or (config.save_every and run.step % config.save_every == 0) or run.step >= config.steps:
+            if (stop or timeup or (config.save_every and run.step % config.save_every == 0)
+                    or run.step >= config.steps):
                 checkpoint = run.save()
+            if timeup and not stop:
+                logger.info("distill: the %g-minute budget is spent after step %d", config.minutes, run.step)
+                break
             if stop:
                 interrupted = True
                 logger.warning("distill: stopped by SIGTERM after step %d; checkpoint %s; continue with --resume",

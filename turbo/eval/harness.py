@@ -394,13 +394,14 @@ class AccuracyReport:
 
 
 def judge_prompts(pipe, prompts, call_kwargs: dict | None = None, config="dense", batch_size: int = 16,
-                  progress: bool = True) -> AccuracyReport:
+                  progress: bool = True, on_video=None) -> AccuracyReport:
     """Generate every (prompt, seed) under one config, in batches, and judge each video against its prompt.
 
     The same videos as `evaluate` would make for that config (each sample's noise comes from its own CPU generator
     seeded with its seed, so batching changes nothing but speed). Image-to-video pipelines run one video at a time
     (diffusers' Wan I2V pipeline repeats one image over the batch). For HunyuanVideo pass ``negative_prompt`` as a
-    string: it is repeated to the batch here. Returns an `AccuracyReport` (accuracy per attribute, s / video).
+    string: it is repeated to the batch here. `on_video(index, prompt, seed, video)` (optional) sees each video as a
+    [F, H, W, 3] float32 array in [0, 1]. Returns an `AccuracyReport` (accuracy per attribute, s / video).
     """
     from tqdm.auto import tqdm
 
@@ -436,9 +437,11 @@ def judge_prompts(pipe, prompts, call_kwargs: dict | None = None, config="dense"
             videos = pipe(**run, generator=generators if len(chunk) > 1 else generators[0]).frames
             _synchronize()
             elapsed += time.perf_counter() - t0
-            for (prompt, _), video in zip(chunk, videos, strict=True):
+            for (prompt, seed), video in zip(chunk, videos, strict=True):
                 video = np.asarray(video.detach().cpu().float().numpy() if hasattr(video, "detach") else video,
                                    dtype=np.float32)
+                if on_video is not None:
+                    on_video(len(results), prompt, seed, video)
                 results.append(judge(video, prompt))
                 flicker.append(temporal_flicker(video))
     finally:

@@ -1,0 +1,188 @@
+"""Train ToyWorld students with `turbo distill` and judge them against their teacher, in one command (issue 12).
+
+    python3 benchmarks/toyworld_students.py --out runs/students --minutes 6 --runs rcm,rcm-sla,sla5 \
+        [--gpus 0] [--cache-count 2048] [--eval-prompts 200] [--teacher-eval]
+
+1. The latent cache (`turbo.distill.data.cache_toyworld`: ToyWorld clips through the teacher's VAE and text encoder,
+   256², 17 frames, seed 0) in ``OUT/cache`` unless it is there.
+2. Every run in --runs at once, each its own `python -m turbo.distill` process with a --minutes wall-time budget
+   (round-robin over --gpus: the ToyWorld model is tiny, several runs share one GPU); logs in ``OUT/NAME.log``, the
+   exported student in ``OUT/NAME/student``.
+3. The judge (`python -m pipelines.toyworld accuracy --transformer`) on --eval-prompts fixed prompts at 17 frames:
+   rCM students at 4, 2 and 1 steps (guidance 1), the others at 50 steps + CFG 5; with --teacher-eval the teacher at
+   50 steps + CFG 5 too, and same-seed PSNR of every 50-step student against it (the first 32 videos).
+4. ``OUT/summary.json`` and a markdown table on stdout.
+
+The runs (their configs are the examples/ files; `RUNS` holds each one's ``--set`` overrides) are the recipes of the
+shipped students; every process is a plain `python -m turbo.distill` command, printed before it starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TEACHER = "models/toyworld/wan-t2v"
+RCM = "examples/distill_toyworld.yaml"
+SLA = "examples/distill_toyworld_sla.yaml"
+TD_SLA = "{method: sla, keep: 0.1, linear: all, topk_rule: floor}"
+# name: (config, overrides)
+RUNS = {
+    "rcm": (RCM, {}),
+    "rcm-lr3e-5": (RCM, {"lr": "3.0e-5", "fake_lr": "6.0e-6"}),
+    "rcm-lr3e-4": (RCM, {"lr": "3.0e-4", "fake_lr": "6.0e-5"}),
+    "rcm-sla": (RCM, {"mode": "rcm+sla", "attention": TD_SLA}),
+    "sla5": (SLA, {}),
+    "sla5-attn": (SLA, {"train_attention_only": "true", "lr": "1.0e-3"}),
+    "sla5-lr3e-4": (SLA, {"lr": "3.0e-4"}),
+}
+
+
+def _python(*args: str) -> list[str]:
+    return [sys.executable, *args]
+
+
+def _start(argv: list[str], log: Path, gpu: str | None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    print(f"$ {'CUDA_VISIBLE_DEVICES=' + gpu + ' ' if gpu is not None else ''}{shlex.join(argv[1:])} > {log}",
+          flush=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def _wait(jobs: dict[str, tuple[subprocess.Popen, Path]]) -> dict[str, int]:
+    codes = {}
+    for name, (proc, log) in jobs.items():
+        codes[name] = proc.wait()
+        if codes[name] != 0:
+            tail = log.read_text().splitlines()[-15:]
+            print(f"{name} exited with {codes[name]}; the end of {log}:\n  " + "\n  ".join(tail), flush=True)
+    return codes
+
+
+def build_cache(out: Path, count: int, gpu: str | None) -> Path:
+    cache = out / "cache"
+    if (cache / "manifest.json").is_file():
+        return cache
+    code = ("import torch; from diffusers import WanPipeline; from turbo.distill.data import cache_toyworld; "
+            f"pipe = WanPipeline.from_pretrained({TEACHER!r}, dtype=torch.float32).to("
+            "'cuda' if torch.cuda.is_available() else 'cpu'); "
+            f"cache_toyworld(pipe, {count}, {str(cache)!r}, seed=0, batch_size=32, progress=False)")
+    t0 = time.perf_counter()
+    if _wait({"cache": (_start(_python("-c", code), out / "cache.log", gpu), out / "cache.log")})["cache"]:
+        raise SystemExit("the latent cache failed")
+    print(f"cache: {count} clips in {time.perf_counter() - t0:.0f} s", flush=True)
+    return cache
+
+
+def train(out: Path, names: list[str], cache: Path, minutes: float, gpus: list[str]) -> dict[str, int]:
+    jobs = {}
+    for i, name in enumerate(names):
+        config, overrides = RUNS[name]
+        sets = {"teacher": TEACHER, "data": str(cache), "minutes": str(minutes), "show_progress": "false",
+                "sample_every": "0", **({"mixed_precision": "no"} if gpus == [None] else {}), **overrides}
+        argv = _python("-m", "turbo.distill", "--config", config, "--out", str(out / name),
+                       *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")])
+        jobs[name] = (_start(argv, out / f"{name}.log", gpus[i % len(gpus)]), out / f"{name}.log")
+    return _wait(jobs)
+
+
+def _accuracy(out: Path, tag: str, extra: list[str], prompts: int, gpu: str | None, save: bool):
+    argv = _python("-m", "pipelines.toyworld", "accuracy", "--model", TEACHER, "--prompts", str(prompts),
+                   "--frames", "17", "--batch-size", "50", "--device", "cuda" if gpu is not None else "cpu",
+                   "--dtype", "stored", "--json", str(out / "eval" / f"{tag}.json"), *extra)
+    if save:
+        argv += ["--save-videos", str(out / "eval" / f"{tag}-videos"), "--save-count", "32"]
+    return _start(argv, out / "eval" / f"{tag}.log", gpu), out / "eval" / f"{tag}.log"
+
+
+def evaluate(out: Path, names: list[str], prompts: int, gpus: list[str], teacher: bool) -> dict:
+    jobs = {}
+    if teacher:
+        jobs["teacher"] = _accuracy(out, "teacher", ["--steps", "50", "--guidance", "5"], prompts, gpus[0], True)
+    for i, name in enumerate(names):
+        student = out / name / "student"
+        if not (student / "config.json").is_file():
+            continue
+        gpu = gpus[(i + 1) % len(gpus)]
+        rcm = RUNS[name][1].get("mode", "rcm" if RUNS[name][0] == RCM else "sla").startswith("rcm")
+        for steps in ((4, 2, 1) if rcm else (50,)):
+            tag = f"{name}-{steps}step"
+            jobs[tag] = _accuracy(out, tag, ["--transformer", str(student), "--steps", str(steps)], prompts, gpu,
+                                  not rcm or steps == 4)
+    _wait(jobs)
+    results = {}
+    for tag in jobs:
+        path = out / "eval" / f"{tag}.json"
+        if path.is_file():
+            results[tag] = json.loads(path.read_text())[0]
+    if teacher:
+        for tag in results:
+            videos = out / "eval" / f"{tag}-videos"
+            if tag != "teacher" and videos.is_dir():
+                cand = next(videos.iterdir())
+                ref = out / "eval" / "teacher-videos" / "cfg5"
+                proc = subprocess.run(_python("-m", "pipelines.toyworld", "psnr", str(cand), str(ref)), cwd=ROOT,
+                                      capture_output=True, text=True)
+                if proc.returncode == 0:
+                    results[tag]["psnr_vs_teacher"] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return results
+
+
+def _table(results: dict) -> str:
+    lines = ["| run | steps | CFG | colour | shape | motion | background | all | s / video | PSNR vs teacher |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for tag, r in results.items():
+        acc = r.get("accuracy", {})
+        psnr = r.get("psnr_vs_teacher", {}).get("psnr_mean_db")
+        lines.append(f"| {tag} | {r.get('steps')} | {r.get('guidance')} | "
+                     + " | ".join(f"{100 * acc.get(k, float('nan')):.1f}" for k in
+                                  ("colour", "shape", "motion", "background", "all"))
+                     + f" | {r.get('seconds_per_video', float('nan')):.3f} | "
+                     + (f"{psnr:.1f} dB" if psnr is not None else "—") + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--runs", default="rcm,rcm-sla,sla5", help=f"comma list of {', '.join(RUNS)}")
+    parser.add_argument("--minutes", type=float, default=6.0, help="wall-time budget of each training run")
+    parser.add_argument("--gpus", default="0", help="comma list of GPU indices; 'cpu' for none")
+    parser.add_argument("--cache-count", type=int, default=2048)
+    parser.add_argument("--eval-prompts", type=int, default=200, help="0: no evaluation")
+    parser.add_argument("--teacher-eval", action="store_true", help="judge the teacher too (and PSNR against it)")
+    parser.add_argument("--eval-only", action="store_true", help="judge the students already in --out")
+    args = parser.parse_args(argv)
+    out = Path(args.out).resolve()
+    names = [n for n in args.runs.split(",") if n]
+    unknown = [n for n in names if n not in RUNS]
+    if unknown:
+        parser.error(f"unknown runs {unknown}; known: {', '.join(RUNS)}")
+    gpus = [None] if args.gpus == "cpu" else args.gpus.split(",")
+    t0 = time.perf_counter()
+    summary = {"runs": {n: {"config": RUNS[n][0], "overrides": RUNS[n][1]} for n in names},
+               "minutes": args.minutes, "command": shlex.join([sys.argv[0], *(argv or sys.argv[1:])])}
+    if not args.eval_only:
+        cache = build_cache(out, args.cache_count, gpus[0])
+        summary["train_exit_codes"] = train(out, names, cache, args.minutes, gpus)
+        print(f"training done at {time.perf_counter() - t0:.0f} s", flush=True)
+    if args.eval_prompts:
+        summary["eval"] = evaluate(out, names, args.eval_prompts, gpus, args.teacher_eval)
+        print(_table(summary["eval"]), flush=True)
+    summary["seconds"] = time.perf_counter() - t0
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
