@@ -88,7 +88,8 @@ def train(out: Path, names: list[str], cache: Path, minutes: float, gpus: list[s
     jobs = {}
     for i, name in enumerate(names):
         config, overrides = RUNS[name]
-        sets = {"teacher": TEACHER, "data": str(cache), "minutes": str(minutes), "show_progress": "false",
+        sets = {"teacher": TEACHER, "data": str(cache), "minutes": str(minutes), "steps": "1000000",
+                "show_progress": "false",
                 "sample_every": "0", **({"mixed_precision": "no"} if gpus == [None] else {}), **overrides}
         argv = _python("-m", "turbo.distill", "--config", config, "--out", str(out / name),
                        *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")])
