@@ -1,21 +1,33 @@
 #!/usr/bin/env bash
-# Issue 12 on an nvidia-h200-x2 device call: GPU 0 times the real-size distillation steps (benchmarks/jvp_attention.py,
-# benchmarks/distill_step.py), GPU 1 trains and judges ToyWorld students (benchmarks/toyworld_students.py) at the same
-# time. Results go to $OUT (at most 8 files come back: tars). Usage: bash benchmarks/issue12_h200x2.sh RUNS MINUTES [BENCH]
+# Issue 12 on an nvidia-h200-x2 device call, both GPUs busy for ~9 minutes:
+#   GPU 1: the latent cache, then the ToyWorld students RUNS_A (benchmarks/toyworld_students.py) for MINUTES_A each;
+#   GPU 0: the real-size distillation steps BENCH (benchmarks/distill_step.py variants; "" = none), then the students
+#          RUNS_B for MINUTES_B each, the teacher's judge run and same-seed PSNR against it.
+# Results go to $OUT as tars (at most 8 files come back): bench.tar, evalA.tar, evalB.tar, student-NAME.tar.
+# Usage: RUNS_A=rcm-sla MINUTES_A=6.5 RUNS_B=sla5,rcm MINUTES_B=4 BENCH=sla-step-gc,dense-step-gc \
+#        bash benchmarks/issue12_h200x2.sh
 set -u
-RUNS=${1:-rcm,rcm-sla,sla5}; MINUTES=${2:-5}; BENCH=${3:-1}
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/st /tmp/bench
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/bench /tmp/stA /tmp/stB
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > /tmp/bench/gpus.txt
-python3 -c "import torch, triton, diffusers; print(torch.__version__, triton.__version__, diffusers.__version__)" >> /tmp/bench/gpus.txt
-if [ "$BENCH" = 1 ]; then
-  (CUDA_VISIBLE_DEVICES=0 timeout 150 python3 benchmarks/jvp_attention.py --json /tmp/bench/jvp.json > /tmp/bench/jvp.log 2>&1
-   CUDA_VISIBLE_DEVICES=0 timeout 330 python3 benchmarks/distill_step.py --steps 2 --out /tmp/bench/step.json > /tmp/bench/step.log 2>&1
-   tar -cf "$OUT/bench.tar" -C /tmp bench) &
-fi
-timeout "${STUDENT_TIMEOUT:-540}" python3 benchmarks/toyworld_students.py --out /tmp/st --gpus 1 --minutes "$MINUTES" \
-  --runs "$RUNS" --teacher-eval > /tmp/st/students.log 2>&1
+python3 -c "import torch, triton, diffusers; print(torch.__version__, triton.__version__, diffusers.__version__)" \
+  >> /tmp/bench/gpus.txt
+students() {  # GPU OUTDIR RUNS MINUTES extra args...
+  local gpu=$1 out=$2 runs=$3 minutes=$4; shift 4
+  timeout "${STUDENT_TIMEOUT:-540}" python3 benchmarks/toyworld_students.py --out "$out" --gpus "$gpu" \
+    --cache /tmp/cache --minutes "$minutes" --runs "$runs" "$@" > "$out/students.log" 2>&1
+}
+students 1 /tmp/stA "${RUNS_A:-rcm-sla}" "${MINUTES_A:-6.5}" &
+(if [ -n "${BENCH:-}" ]; then
+   CUDA_VISIBLE_DEVICES=0 timeout "${BENCH_TIMEOUT:-200}" python3 benchmarks/distill_step.py --variants "$BENCH" \
+     --steps 3 --out /tmp/bench/step.json > /tmp/bench/step.log 2>&1
+ fi
+ tar -cf "$OUT/bench.tar" -C /tmp bench
+ [ -n "${RUNS_B:-}" ] && students 0 /tmp/stB "$RUNS_B" "${MINUTES_B:-4}" --wait-cache --teacher-eval) &
 wait
-cp /tmp/st/students.log "$OUT/" 2>/dev/null
-tar -cf "$OUT/eval.tar" -C /tmp/st eval summary.json $(cd /tmp/st && ls *.log) --exclude='*.npy' 2>/dev/null
-for r in ${RUNS//,/ }; do [ -d /tmp/st/$r/student ] && tar -cf "$OUT/student-$r.tar" -C /tmp/st/$r student; done
-ls -la "$OUT"; tail -30 /tmp/st/students.log; grep -h "|" /tmp/bench/step.log 2>/dev/null | tail -12
+for s in A B; do
+  d=/tmp/st$s; [ -f $d/students.log ] || continue
+  (cd $d && tar -cf "$OUT/eval$s.tar" --exclude='*.npy' --exclude='cache' --exclude='checkpoints' \
+     --exclude='student' students.log $(ls -d eval summary.json *.log 2>/dev/null | sort -u))
+  for r in $(ls $d); do [ -d $d/$r/student ] && tar -cf "$OUT/student-$r.tar" -C $d/$r student; done
+done
+ls -la "$OUT"; tail -12 /tmp/stA/students.log /tmp/stB/students.log; grep -h "^|" /tmp/bench/step.log 2>/dev/null

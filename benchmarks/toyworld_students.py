@@ -1,7 +1,7 @@
 """Train ToyWorld students with `turbo distill` and judge them against their teacher, in one command (issue 12).
 
     python3 benchmarks/toyworld_students.py --out runs/students --minutes 6 --runs rcm,rcm-sla,sla5 \
-        [--gpus 0] [--cache-count 2048] [--eval-prompts 200] [--teacher-eval]
+        [--gpus 0] [--cache DIR [--wait-cache]] [--cache-count 2048] [--eval-prompts 200] [--teacher-eval]
 
 1. The latent cache (`turbo.distill.data.cache_toyworld`: ToyWorld clips through the teacher's VAE and text encoder,
    256², 17 frames, seed 0) in ``OUT/cache`` unless it is there.
@@ -42,6 +42,7 @@ RUNS = {
     "sla5": (SLA, {}),
     "sla5-attn": (SLA, {"train_attention_only": "true", "lr": "1.0e-3"}),
     "sla5-lr3e-4": (SLA, {"lr": "3.0e-4"}),
+    "rcm-sla-lr5e-5": (RCM, {"mode": "rcm+sla", "attention": TD_SLA, "lr": "5.0e-5", "fake_lr": "1.0e-5"}),
 }
 
 
@@ -69,15 +70,22 @@ def _wait(jobs: dict[str, tuple[subprocess.Popen, Path]]) -> dict[str, int]:
     return codes
 
 
-def build_cache(out: Path, count: int, gpu: str | None) -> Path:
-    cache = out / "cache"
-    if (cache / "manifest.json").is_file():
+def build_cache(cache: Path, count: int, gpu: str | None, wait: bool = False) -> Path:
+    """Build the cache unless it is there; `wait`: another process builds it, wait for it (up to 10 minutes)."""
+    if wait:
+        for _ in range(600):
+            if (cache / "checksums.json").is_file():
+                break
+            time.sleep(1)
+    if (cache / "checksums.json").is_file():
         return cache
+    out = cache.parent
     code = ("import torch; from diffusers import WanPipeline; from turbo.distill.data import cache_toyworld; "
             f"pipe = WanPipeline.from_pretrained({TEACHER!r}, dtype=torch.float32).to("
             "'cuda' if torch.cuda.is_available() else 'cpu'); "
             f"cache_toyworld(pipe, {count}, {str(cache)!r}, seed=0, batch_size=32, progress=False)")
     t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
     if _wait({"cache": (_start(_python("-c", code), out / "cache.log", gpu), out / "cache.log")})["cache"]:
         raise SystemExit("the latent cache failed")
     print(f"cache: {count} clips in {time.perf_counter() - t0:.0f} s", flush=True)
@@ -97,19 +105,35 @@ def train(out: Path, names: list[str], cache: Path, minutes: float, gpus: list[s
     return _wait(jobs)
 
 
-def _accuracy(out: Path, tag: str, extra: list[str], prompts: int, gpu: str | None, save: bool):
+def _accuracy_argv(out: Path, tag: str, extra: list[str], prompts: int, gpu: str | None, save: bool) -> list[str]:
     argv = _python("-m", "pipelines.toyworld", "accuracy", "--model", TEACHER, "--prompts", str(prompts),
-                   "--frames", "17", "--batch-size", "50", "--device", "cuda" if gpu is not None else "cpu",
+                   "--frames", "17", "--batch-size", "25", "--device", "cuda" if gpu is not None else "cpu",
                    "--dtype", "stored", "--json", str(out / "eval" / f"{tag}.json"), *extra)
     if save:
         argv += ["--save-videos", str(out / "eval" / f"{tag}-videos"), "--save-count", "32"]
-    return _start(argv, out / "eval" / f"{tag}.log", gpu), out / "eval" / f"{tag}.log"
+    return argv
 
 
-def evaluate(out: Path, names: list[str], prompts: int, gpus: list[str], teacher: bool) -> dict:
+def _run_limited(specs: dict[str, tuple[list[str], str | None]], out: Path, limit: int) -> None:
+    """Run the judge processes `limit` at a time (each holds a VAE decode of a whole batch on the GPU)."""
+    pending, running = list(specs.items()), {}
+    while pending or running:
+        while pending and len(running) < limit:
+            tag, (argv, gpu) = pending.pop(0)
+            running[tag] = (_start(argv, out / "eval" / f"{tag}.log", gpu), out / "eval" / f"{tag}.log")
+        done = [t for t, (p, _) in running.items() if p.poll() is not None]
+        if done:
+            _wait({t: running.pop(t) for t in done})
+        else:
+            time.sleep(0.5)
+
+
+def evaluate(out: Path, names: list[str], prompts: int, gpus: list[str], teacher: bool, limit: int = 3,
+             teacher_videos: Path | None = None) -> dict:
     jobs = {}
     if teacher:
-        jobs["teacher"] = _accuracy(out, "teacher", ["--steps", "50", "--guidance", "5"], prompts, gpus[0], True)
+        jobs["teacher"] = (_accuracy_argv(out, "teacher", ["--steps", "50", "--guidance", "5"], prompts, gpus[0],
+                                          True), gpus[0])
     for i, name in enumerate(names):
         student = out / name / "student"
         if not (student / "config.json").is_file():
@@ -118,20 +142,20 @@ def evaluate(out: Path, names: list[str], prompts: int, gpus: list[str], teacher
         rcm = RUNS[name][1].get("mode", "rcm" if RUNS[name][0] == RCM else "sla").startswith("rcm")
         for steps in ((4, 2, 1) if rcm else (50,)):
             tag = f"{name}-{steps}step"
-            jobs[tag] = _accuracy(out, tag, ["--transformer", str(student), "--steps", str(steps)], prompts, gpu,
-                                  not rcm or steps == 4)
-    _wait(jobs)
+            jobs[tag] = (_accuracy_argv(out, tag, ["--transformer", str(student), "--steps", str(steps)], prompts,
+                                        gpu, not rcm or steps == 4), gpu)
+    _run_limited(jobs, out, limit * len(gpus))
     results = {}
     for tag in jobs:
         path = out / "eval" / f"{tag}.json"
         if path.is_file():
             results[tag] = json.loads(path.read_text())[0]
-    if teacher:
+    ref = (out / "eval" / "teacher-videos" / "cfg5") if teacher else teacher_videos
+    if ref is not None and Path(ref).is_dir():
         for tag in results:
             videos = out / "eval" / f"{tag}-videos"
             if tag != "teacher" and videos.is_dir():
                 cand = next(videos.iterdir())
-                ref = out / "eval" / "teacher-videos" / "cfg5"
                 proc = subprocess.run(_python("-m", "pipelines.toyworld", "psnr", str(cand), str(ref)), cwd=ROOT,
                                       capture_output=True, text=True)
                 if proc.returncode == 0:
@@ -160,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=6.0, help="wall-time budget of each training run")
     parser.add_argument("--gpus", default="0", help="comma list of GPU indices; 'cpu' for none")
     parser.add_argument("--cache-count", type=int, default=2048)
+    parser.add_argument("--cache", default=None, help="latent cache directory (default OUT/cache); built if missing")
+    parser.add_argument("--wait-cache", action="store_true", help="another process builds --cache: wait for it")
+    parser.add_argument("--teacher-videos", default=None,
+                        help="the teacher's --save-videos folder from another run (PSNR without --teacher-eval)")
     parser.add_argument("--eval-prompts", type=int, default=200, help="0: no evaluation")
     parser.add_argument("--teacher-eval", action="store_true", help="judge the teacher too (and PSNR against it)")
     parser.add_argument("--eval-only", action="store_true", help="judge the students already in --out")
@@ -174,11 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"runs": {n: {"config": RUNS[n][0], "overrides": RUNS[n][1]} for n in names},
                "minutes": args.minutes, "command": shlex.join([sys.argv[0], *(argv or sys.argv[1:])])}
     if not args.eval_only:
-        cache = build_cache(out, args.cache_count, gpus[0])
+        cache = build_cache(Path(args.cache or out / "cache").resolve(), args.cache_count, gpus[0], args.wait_cache)
         summary["train_exit_codes"] = train(out, names, cache, args.minutes, gpus)
         print(f"training done at {time.perf_counter() - t0:.0f} s", flush=True)
     if args.eval_prompts:
-        summary["eval"] = evaluate(out, names, args.eval_prompts, gpus, args.teacher_eval)
+        summary["eval"] = evaluate(out, names, args.eval_prompts, gpus, args.teacher_eval,
+                                   teacher_videos=args.teacher_videos)
         print(_table(summary["eval"]), flush=True)
     summary["seconds"] = time.perf_counter() - t0
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")

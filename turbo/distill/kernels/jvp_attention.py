@@ -135,10 +135,11 @@ def _jvp_attention_kernel(
 def launch_config(dim: int, dtype: torch.dtype = torch.bfloat16) -> tuple[int, int, int, int]:
     """(block_m, block_n, num_warps, num_stages) per head dim. Each program holds q, tq and three [block_m, D] fp32
     accumulators, ~2.5× a flash forward's registers, so D = 128 takes half the query rows of D ≤ 64.
-    Not tuned on a GPU yet: `benchmarks/jvp_attention.py` sweeps alternatives."""
+    D = 128 from `benchmarks/jvp_attention.py`'s sweep on an H200 (2026-11-30: 307 TFLOPS vs 221 for (64, 64, 8, 2);
+    (128, 64, ·, ≥2) exceed shared memory); D ≤ 64 is not swept yet."""
     if dim <= 64:
         return 128, 64, 8, 3
-    return 64, 64, 8, 2
+    return 128, 32, 8, 3
 
 
 def check_jvp_inputs(q: Tensor, k: Tensor, v: Tensor, tq: Tensor, tk: Tensor, tv: Tensor) -> None:
