@@ -48,6 +48,15 @@ def main() -> int:
         per = (times[-1] - times[2]) / (len(times) - 3)
         print(f"{mode}: {per * 1000:.1f} ms/step (eager, steps 3-8, batch {args.batch_size})", flush=True)
         shutil.rmtree(out, ignore_errors=True)
+        import cProfile
+        import pstats
+
+        prof_py = cProfile.Profile()
+        prof_py.enable()
+        distill(pipe, DistillConfig(**over, steps=6), args.cache, out, export=False)
+        prof_py.disable()
+        pstats.Stats(prof_py).sort_stats("tottime").print_stats(25)
+        shutil.rmtree(out, ignore_errors=True)
         from torch.profiler import ProfilerActivity, profile
 
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
