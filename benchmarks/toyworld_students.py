@@ -43,6 +43,8 @@ RUNS = {
     "sla5-attn": (SLA, {"train_attention_only": "true", "lr": "1.0e-3"}),
     "sla5-lr3e-4": (SLA, {"lr": "3.0e-4"}),
     "rcm-sla-lr5e-5": (RCM, {"mode": "rcm+sla", "attention": TD_SLA, "lr": "5.0e-5", "fake_lr": "1.0e-5"}),
+    "rcm-sla-lr1e-4": (RCM, {"mode": "rcm+sla", "attention": TD_SLA, "lr": "1.0e-4", "fake_lr": "2.0e-5",
+                             "student_update_freq": "3"}),
 }
 
 
