@@ -184,6 +184,12 @@ def cmd_generate(args) -> int:
     recipe_path = registry.recipe_file(request.model, args.transformer)
     overrides = options.acceleration_overrides(args)
     config = label = None
+    # a student (or converted) transformer replaces the model's: --compare runs the model's own one as the teacher,
+    # at the teacher's own steps and CFG
+    student = args.transformer or (registry.converted_dir(request.model) if request.model.student else None)
+    teacher = None
+    if args.compare and student is not None:
+        teacher = request.model.baseline or (request.steps, request.guidance)
     if not args.no_turbo:
         recipe = None
         if recipe_path is not None and args.preset is None:
@@ -201,6 +207,10 @@ def cmd_generate(args) -> int:
     print(f"model:   {options.request_summary(request)}")
     if args.no_turbo:
         print("running: the unaccelerated pipeline only (--no-turbo)")
+    elif teacher is not None:
+        print(f"comparing: the student {student} with turbo ({label}) against its teacher, the model's own transformer "
+              f"unaccelerated at {_call_label(*teacher)}, same prompt and seed; PSNR of the student's video against "
+              "the teacher's")
     elif args.compare:
         print(f"comparing: turbo ({label}) against the unaccelerated pipeline (the model's own attention), same "
               f"prompt and seed; PSNR of turbo's video against the unaccelerated one")
@@ -211,7 +221,8 @@ def cmd_generate(args) -> int:
         print(f"note:    on a CPU '{method}' runs its PyTorch reference, which is exact but not faster than dense "
               "attention; the speed-ups need a CUDA GPU")
 
-    pipe = registry.load_pipeline(request.model, request.device, request.torch_dtype(), transformer=args.transformer)
+    pipe = registry.load_pipeline(request.model, request.device, request.torch_dtype(), transformer=args.transformer,
+                                  own_transformer=teacher is not None)
     unknown = unknown_words(getattr(pipe, "tokenizer", None), request.prompt)
     if unknown:
         print(f"turbo: warning: the model's tokenizer does not know {', '.join(map(repr, unknown))}; "
@@ -219,32 +230,61 @@ def cmd_generate(args) -> int:
     kwargs = request.call_kwargs(image=request.load_image())
 
     baseline_frames = baseline_time = None
+    baseline_kwargs, baseline_name = kwargs, "unaccelerated"
+    if teacher is not None:
+        baseline_kwargs, baseline_name = _with_call(kwargs, *teacher), "teacher"
     if args.compare or args.no_turbo:
-        _run(pipe, {**kwargs, "num_inference_steps": 1}, request.seed, "warm-up")
-        baseline_frames, baseline_time = _run(pipe, kwargs, request.seed, "unaccelerated")
-        print(f"unaccelerated: {baseline_time:.2f} s")
+        _run(pipe, {**baseline_kwargs, "num_inference_steps": 1}, request.seed, "warm-up")
+        baseline_frames, baseline_time = _run(pipe, baseline_kwargs, request.seed, baseline_name)
+        print(f"{baseline_name}: {baseline_time:.2f} s"
+              + (f" ({_call_label(*teacher)}, {_calls(*teacher)} transformer calls)" if teacher else ""))
     if args.no_turbo:
         frames, elapsed = baseline_frames, baseline_time
     else:
+        if teacher is not None:
+            registry.swap_transformers(pipe, student)
         _accelerate(pipe, args.preset, overrides, args.allow_untuned)
         if not args.compare:
             _run(pipe, {**kwargs, "num_inference_steps": 1}, request.seed, "warm-up")
         frames, elapsed = _run(pipe, kwargs, request.seed, f"turbo {pipe.turbo.config.attention.method}")
         print(pipe.turbo)
-        print(f"accelerated:   {elapsed:.2f} s")
-        if baseline_time is not None:
+        print(f"accelerated:   {elapsed:.2f} s"
+              + (f" ({_call_label(request.steps, request.guidance)}, {_calls(request.steps, request.guidance)} "
+                 "transformer calls)" if teacher else ""))
+        if teacher is not None:
+            print(f"speed-up:      {baseline_time / elapsed:.2f}× vs the teacher, whole call (text encoder and VAE "
+                  f"decode included; same seed; PSNR {psnr(frames, baseline_frames):.1f} dB)")
+        elif baseline_time is not None:
             caveat = "; CPU: both runs are PyTorch attention, not a kernel speed-up" if method != "dense" and \
                 request.device == "cpu" else ""
             print(f"speed-up:      {baseline_time / elapsed:.2f}× vs the unaccelerated run "
                   f"(same seed; PSNR {psnr(frames, baseline_frames):.1f} dB{caveat})")
     if request.model.toyworld and request.prompt:
         if baseline_frames is not None and not args.no_turbo:
-            print(f"judge, unaccelerated: {judge_line(baseline_frames, request.prompt)}")
-        print(f"judge{', accelerated' if not args.no_turbo else ''}: {judge_line(frames, request.prompt)}")
+            print(f"judge, {baseline_name}: {judge_line(baseline_frames, request.prompt)}")
+        print(f"judge{(', student' if teacher else ', accelerated') if not args.no_turbo else ''}: "
+              f"{judge_line(frames, request.prompt)}")
     export_to_video(list(frames), request.out, fps=request.fps)
     n, h, w = frames.shape[0], frames.shape[1], frames.shape[2]
     print(f"wrote {request.out} ({n} frames, {w}×{h}, prompt {request.prompt!r})")
     return 0
+
+
+def _with_call(kwargs: dict, steps: int, guidance: float | None) -> dict:
+    """`kwargs` with another step count and CFG scale (Wan's ``guidance_scale``; None keeps the pipeline's)."""
+    out = {**kwargs, "num_inference_steps": steps}
+    if guidance is not None:
+        out["guidance_scale"] = guidance
+    return out
+
+
+def _calls(steps: int, guidance: float | None) -> int:
+    """Transformer calls of a Wan call: two per step with CFG (> 1), one without."""
+    return steps * (2 if guidance is not None and guidance > 1.0 else 1)
+
+
+def _call_label(steps: int, guidance: float | None) -> str:
+    return f"{steps} steps" + (f", CFG {guidance:g}" if guidance is not None and guidance > 1.0 else ", no CFG")
 
 
 def _attention_methods() -> tuple[str, ...]:

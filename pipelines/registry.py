@@ -52,7 +52,10 @@ class ModelPreset:
     transformer's recipe); ``needs`` one line on GPU memory and fine-tuned parts; ``toyworld`` marks the project's own
     ToyWorld pipelines (checksums, judge-readable); ``converted`` names the directory under `turbo_home()` where
     `turbo convert` puts a TurboDiffusion / rCM transformer that replaces the one of ``source`` (its VAE and text
-    encoder are used as they are), ``native`` where to download that checkpoint.
+    encoder are used as they are), ``native`` where to download that checkpoint. ``student`` is a shipped student
+    transformer (made by `turbo distill` from ``source``'s, with its recipe beside it) that replaces ``source``'s the
+    same way; ``baseline`` the (steps, guidance) its teacher runs with (what `turbo generate --compare` compares
+    against).
     """
 
     name: str
@@ -70,6 +73,8 @@ class ModelPreset:
     toyworld: bool = False
     converted: str | None = None  # directory under turbo_home() holding the `turbo convert`ed transformer(s)
     native: str | None = None  # where the native checkpoint comes from (TurboDiffusion / rCM releases)
+    student: str | None = None  # a shipped student transformer directory (`turbo distill`) replacing source's
+    baseline: tuple[int, float] | None = None  # the teacher's own steps and CFG (`turbo generate --compare`)
 
     @property
     def is_local(self) -> bool:
@@ -84,6 +89,12 @@ _TOYWORLD = (
     ("toyworld-wan-t2v", "wan-t2v", "ToyWorld Wan T2V (embedded default, trained, 3.95 M params)", "t2v", "wan"),
     ("toyworld-wan-i2v", "wan-i2v", "ToyWorld Wan I2V (trained)", "i2v", "wan"),
     ("toyworld-hunyuan-t2v", "hunyuan-t2v", "ToyWorld HunyuanVideo T2V (trained)", "t2v", "hunyuanvideo"),
+)
+# students made from the shipped ToyWorld teachers by `turbo distill` (benchmarks/toyworld_students.py):
+# name, directory under models/toyworld/students/, teacher directory, title
+_TOYWORLD_STUDENTS = (
+    ("toyworld-wan-t2v-rcm", "wan-t2v-rcm4", "wan-t2v",
+     "ToyWorld Wan T2V, rCM 4-step student of toyworld-wan-t2v (turbo distill, guidance distilled in)"),
 )
 _TOYWORLD_NEEDS = "runs on a CPU (12-14 MB, ships in the repository under models/toyworld/); no turbo fine-tuned parts"
 # None = turbo's default config: on the CPU these models run on, no method is faster than dense attention (the README
@@ -151,7 +162,10 @@ def turbo_home() -> Path:
 
 
 def converted_dir(preset: ModelPreset) -> Path | None:
-    """The directory of `preset`'s converted transformer(s), or None for presets without one."""
+    """The directory of the transformer(s) that replace `preset`'s source's: its shipped student, or its `turbo
+    convert`ed checkpoint under `turbo_home()`; None for presets without one."""
+    if preset.student is not None:
+        return Path(preset.student)
     return None if preset.converted is None else turbo_home() / preset.converted
 
 
@@ -184,7 +198,17 @@ def list_models() -> list[ModelPreset]:
     checkpoints by hub id."""
     toyworld = [_toyworld_preset(name, TOYWORLD_DIR / sub, title, kind, family)
                 for name, sub, title, kind, family in _TOYWORLD]
-    return toyworld + list(_HUB) + list(_TURBOWAN)
+    students = [_student_preset(*row) for row in _TOYWORLD_STUDENTS]
+    return toyworld + students + list(_HUB) + list(_TURBOWAN)
+
+
+def _student_preset(name: str, sub: str, teacher: str, title: str) -> ModelPreset:
+    """A shipped ToyWorld student: its teacher's pipeline with the student transformer, rCM 4 steps without CFG."""
+    base = _toyworld_preset(name, TOYWORLD_DIR / teacher, title, "t2v", "wan")
+    return replace(base, steps=4, guidance=1.0, student=str(TOYWORLD_DIR / "students" / sub),
+                   baseline=(base.steps, base.guidance),
+                   needs="runs on a CPU (a 8 MB bf16 student in models/toyworld/students/ + its teacher's VAE and "
+                         "text encoder); its recipe sets the rCM sampler")
 
 
 def get_model(name: str) -> ModelPreset:
@@ -311,31 +335,43 @@ def how_to_get(preset: ModelPreset) -> str:
 
 
 def load_pipeline(preset_or_dir: ModelPreset | str | os.PathLike, device: str = "cpu", dtype=None,
-                  transformer: str | os.PathLike | None = None):
+                  transformer: str | os.PathLike | None = None, own_transformer: bool = False):
     """Load a pipeline onto `device` in `dtype` (None: float32 on CPU, bfloat16 otherwise). ToyWorld directories are
     checksum-verified first (`turbo.toyworld.train.load_toyworld`; a mismatch raises `ToyWorldWeightsError` naming
     the file); the embedded default comes from `pipelines.tiny.build_default`; anything else goes through
     `DiffusionPipeline.from_pretrained` (hub ids from the local cache only when HF_HUB_OFFLINE is set).
-    `transformer`: a `turbo convert` output directory whose transformer(s) replace the pipeline's (default: the
-    preset's converted directory, if it has one)."""
+    `transformer`: a `turbo convert` / `turbo distill` output directory whose transformer(s) replace the pipeline's
+    (default: the preset's student or converted directory, if it has one); `own_transformer`: keep the source
+    pipeline's own transformer(s) (the teacher of a `--compare`; `swap_transformers` puts the student in later)."""
     import torch
 
     preset = resolve_model(preset_or_dir)
     if dtype is None:
         dtype = torch.float32 if str(device) == "cpu" else torch.bfloat16
-    if preset.name == DEFAULT_MODEL:
+    swapped = {} if own_transformer else (load_transformers(transformer, dtype) if transformer
+                                          else converted_transformers(preset, dtype))
+    if preset.source == str(TOYWORLD_DIR / "wan-t2v"):  # the embedded default (and its students)
         from pipelines.tiny import build_default
 
         pipe = build_default()
-        return (pipe if dtype == torch.float32 else pipe.to(dtype)).to(device)
-    if preset.toyworld or (preset.is_local and (Path(preset.source) / "checksums.json").is_file()):
+        pipe = pipe if dtype == torch.float32 else pipe.to(dtype)
+    elif preset.toyworld or (preset.is_local and (Path(preset.source) / "checksums.json").is_file()):
         from turbo.toyworld.train import load_toyworld
 
-        return load_toyworld(preset.source, dtype=dtype).to(device)
-    from diffusers import DiffusionPipeline
+        pipe = load_toyworld(preset.source, dtype=dtype)
+    else:
+        from diffusers import DiffusionPipeline
 
-    swapped = load_transformers(transformer, dtype) if transformer else converted_transformers(preset, dtype)
-    return DiffusionPipeline.from_pretrained(preset.source, torch_dtype=dtype, **swapped).to(device)
+        return DiffusionPipeline.from_pretrained(preset.source, torch_dtype=dtype, **swapped).to(device)
+    if swapped:
+        pipe.register_modules(**swapped)
+    return pipe.to(device)
+
+
+def swap_transformers(pipe, directory: str | os.PathLike) -> None:
+    """Put the transformer(s) of `directory` (a student or converted model) into `pipe`, on its device and dtype."""
+    swapped = load_transformers(directory, pipe.transformer.dtype)
+    pipe.register_modules(**{k: m.to(pipe.device) for k, m in swapped.items()})
 
 
 def converted_transformers(preset: ModelPreset, dtype) -> dict[str, Any]:
