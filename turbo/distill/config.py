@@ -227,6 +227,8 @@ class DistillConfig(ConfigDict):
             if not isinstance(data, dict):
                 raise TurboConfigError(f"{path}: a distillation config must be a mapping of keys to values.")
             data = {**data, **overrides}
+        if isinstance(data, dict):
+            data = _numbers(data)
         if isinstance(data, dict) and "preset" in data:
             data = dict(data)
             name = data.pop("preset")
@@ -238,6 +240,21 @@ class DistillConfig(ConfigDict):
         except TurboConfigError as error:
             raise TurboConfigError(f"{path}: {error}") from None
 
+
+
+def _numbers(data: dict) -> dict:
+    """YAML 1.1 reads ``1e-4`` (no dot) as a string: number fields given as numeric strings become numbers."""
+    kinds = {f.name: str(f.type) for f in dataclasses.fields(DistillConfig)}
+    out = dict(data)
+    for key, value in data.items():
+        kind = kinds.get(key, "")
+        if isinstance(value, str) and kind.split(" ")[0] in ("float", "int"):
+            try:
+                number = float(value)
+            except ValueError:
+                continue
+            out[key] = int(number) if kind == "int" and number.is_integer() else number
+    return out
 
 
 def tiny_toyworld(**overrides) -> DistillConfig:
