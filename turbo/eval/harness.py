@@ -394,14 +394,15 @@ class AccuracyReport:
 
 
 def judge_prompts(pipe, prompts, call_kwargs: dict | None = None, config="dense", batch_size: int = 16,
-                  progress: bool = True, on_video=None) -> AccuracyReport:
+                  progress: bool = True, on_video=None, on_accelerated=None) -> AccuracyReport:
     """Generate every (prompt, seed) under one config, in batches, and judge each video against its prompt.
 
     The same videos as `evaluate` would make for that config (each sample's noise comes from its own CPU generator
     seeded with its seed, so batching changes nothing but speed). Image-to-video pipelines run one video at a time
     (diffusers' Wan I2V pipeline repeats one image over the batch). For HunyuanVideo pass ``negative_prompt`` as a
     string: it is repeated to the batch here. `on_video(index, prompt, seed, video)` (optional) sees each video as a
-    [F, H, W, 3] float32 array in [0, 1]. Returns an `AccuracyReport` (accuracy per attribute, s / video).
+    [F, H, W, 3] float32 array in [0, 1]; `on_accelerated(pipe)` (optional) runs once turbo is installed, e.g. to load
+    fitted method parts. Returns an `AccuracyReport` (accuracy per attribute, s / video).
     """
     from tqdm.auto import tqdm
 
@@ -422,6 +423,8 @@ def judge_prompts(pipe, prompts, call_kwargs: dict | None = None, config="dense"
     turbo.accelerate(pipe, config, allow_untuned=True)  # evaluation measures untuned methods on purpose
     elapsed = 0.0
     try:
+        if on_accelerated is not None:
+            on_accelerated(pipe)
         for start in tqdm(range(0, len(prompts), step), desc="judge", unit="batch", disable=not progress):
             chunk = prompts[start:start + step]
             run = {**kwargs, "prompt": [p for p, _ in chunk]}
