@@ -66,6 +66,8 @@ class DistillConfig(ConfigDict):
         max_simulation_steps: rCM (§2.2–2.4). sigma_max, sample_steps, mid_t: the exported rCM sampler.
     sla_p_mean, sla_p_std: the SLA mode's RF time distribution (σ = exp(N(mean, std²)), t = σ/(1+σ)).
     train_attention_only: SLA modes train only turbo's attention parts (proj / router / α) instead of the whole model.
+    sla_proj_init: "zero" (SLA's own start: block-sparse attention alone) or "lstsq" (each layer's proj fitted in
+        closed form to the teacher's dense attention on a few cached batches, `turbo.attention.sla_fit`); SLA only.
     attention: the student's turbo attention section (a dict like ``{"method": "sla", "keep": 0.1}``).
     ema_sigma_rel: EDM2 power EMA of the student (what is exported). grad_clip: 0 = off (as published).
     mixed_precision: accelerate's "no" | "bf16" | "fp16" (fp32 master weights either way).
@@ -108,6 +110,7 @@ class DistillConfig(ConfigDict):
     sla_p_mean: float = 1.5
     sla_p_std: float = 1.6
     train_attention_only: bool = False
+    sla_proj_init: str = "zero"
     attention: dict | None = None
     init_from: str = ""
     ema_sigma_rel: float = 0.1
@@ -156,6 +159,12 @@ class DistillConfig(ConfigDict):
                 raise TurboConfigError(f"mode {self.mode!r} trains SLA2 with {'SoftTop-k' if stage1 else 'hard top-k'}:"
                                        f" attention must be {{'method': 'sla2', 'soft_topk': {stage1}, ...}}, got "
                                        f"{self.attention!r}.")
+        if self.sla_proj_init not in ("zero", "lstsq"):
+            raise TurboConfigError(f"DistillConfig.sla_proj_init must be 'zero' or 'lstsq', got "
+                                   f"{self.sla_proj_init!r}.")
+        if self.sla_proj_init == "lstsq" and self.attention["method"] != "sla":
+            raise TurboConfigError(f"sla_proj_init 'lstsq' fits SLA's proj; the student's attention is "
+                                   f"{self.attention['method']!r}.")
         if self.init_from and self.mode != "sla2-stage2":
             raise TurboConfigError(f"DistillConfig.init_from is for mode 'sla2-stage2' (a stage-1 export), not "
                                    f"{self.mode!r}; remove it.")

@@ -276,6 +276,9 @@ class _Run:
         student = copy.deepcopy(teacher).float().train()
         if config.mode != "rcm":
             _install_student_attention(student, config)
+        if config.sla_proj_init == "lstsq":
+            self.notes.append(self._fit_sla_proj(student))
+            logger.info("%s", self.notes[-1])
         if config.mode == "sla2-stage2":
             if config.init_from:
                 logger.info("sla2-stage2: SLA2 parts loaded from %s", _load_stage1_parts(student, config))
@@ -317,6 +320,41 @@ class _Run:
         if config.mode == "rcm+sla":
             self.notes.append(DENSE_JVP_NOTE)
             logger.warning("rcm+sla: %s", DENSE_JVP_NOTE)
+
+    @torch.no_grad()
+    def _fit_sla_proj(self, student: torch.nn.Module, batches: int = 2,
+                      times: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)) -> str:
+        """Fit each SLA layer's proj to the dense attention of `student` (still the teacher's weights) on the first
+        `batches` cached batches at RF times `times` (noise from a generator of its own: every process fits the
+        same); returns the note for the export card."""
+        from turbo.attention.sla_fit import fit_sla_projections, load_sla_projections, sla_fidelity
+        from turbo.eval.capture import QKVCapture
+
+        runtime = student.turbo.runtime
+        capture = QKVCapture(device=self.device)
+        gen = torch.Generator(device=self.device).manual_seed(self.config.seed * 104729 + 17)
+        dense_steps = runtime.dense_steps
+        runtime.capture, runtime.dense_steps = capture, 1 << 62  # every layer dense: the teacher's attention
+        try:
+            for b in range(batches):
+                batch = _batch(self.data, self.config, b, 0, 0, 1, self.device)
+                x0 = batch["latents"]
+                for t in times:
+                    x_t = (1 - t) * x0 + t * torch.randn(x0.shape, generator=gen, device=self.device)
+                    timestep = torch.full((x0.shape[0],), t * 1000.0, device=self.device)
+                    student(hidden_states=x_t, timestep=timestep, return_dict=False,
+                            encoder_hidden_states=batch["prompt_embeds"])
+        finally:
+            runtime.capture, runtime.dense_steps = None, dense_steps
+            runtime.reset()
+        attention = self.config.turbo_attention()
+        fit = fit_sla_projections(capture, attention)
+        layers = load_sla_projections(student, fit)
+        before, after = (sum(d.values()) / max(1, len(d)) for d in (sla_fidelity(capture, attention),
+                                                                    sla_fidelity(capture, attention, fit)))
+        return (f"SLA proj of {layers} layers initialised by least squares on {len(capture)} captured teacher "
+                f"attention calls ({batches} batches × {len(times)} times): attention rel-L1 {before:.3f} → "
+                f"{after:.3f}")
 
     # ---- state
 
