@@ -35,7 +35,6 @@ def test_accelerating_twice_is_an_error_until_restored(pipe):
     "kwargs, error, words",
     [
         ({"quant": "nvfp4-mixed"}, turbo.NotImplementedMethodError, "NVFP4"),
-        ({"quant": "int8"}, turbo.NotImplementedMethodError, "INT8"),
         ({"attention": "sla", "backend": "triton"}, turbo.TurboConfigError, "backend='auto'"),
         ({"attention": "sla", "keep": 0.0}, turbo.TurboConfigError, "(0, 1]"),
         ({"config": "ludicrous"}, turbo.TurboConfigError, "unknown preset"),

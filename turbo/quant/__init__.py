@@ -1,4 +1,4 @@
-"""Linear-layer quantisation of the transformer blocks (W8A8 FP8 built; INT8 and NVFP4/INT8 mixed not yet).
+"""Linear-layer quantisation of the transformer blocks (W8A8 FP8 and INT8 built; NVFP4/INT8 mixed not yet).
 
 `turbo.accelerate(pipe, quant="fp8")` swaps the `nn.Linear`s inside the transformer blocks (attention q/k/v/out,
 cross-attention, feed-forward; not projections whose input is ≥ 4× wider than their output, where quantising the
@@ -6,8 +6,10 @@ activations costs more than the FP8 GEMM saves) for `FP8Linear` (turbo/quant/fp8
 activations per token, cuBLASLt FP8 GEMM on GPUs with FP8 tensor cores). Embeddings, time/text projections, the
 final head, modulation linears and turbo's own attention parts stay in their dtype. The original linears are kept
 on the CPU while quantised (the GPU holds only the FP8 weights) and `turbo.restore` puts them back exactly.
-On a CPU the same numerics run simulated (for accuracy studies; not faster). `int8` and `nvfp4-mixed` raise
-`NotImplementedMethodError` naming themselves.
+On a CPU the same numerics run simulated (for accuracy studies; not faster). `quant="int8"` swaps the same linears for
+`INT8Linear` (turbo/quant/int8.py: int8 weights per output channel, activations per token, `torch._int_mm`), for GPUs
+without FP8 tensor cores; its GPU speed is not measured yet. `nvfp4-mixed` raises `NotImplementedMethodError` naming
+itself.
 
 `turbo.save_quantized` / `turbo.load_quantized` (turbo/quant/io.py) save an FP8-accelerated transformer once and load
 it without its original weights; on such a model the feature swaps nothing (the linears are `FP8Linear` already),
@@ -27,7 +29,9 @@ from ..registry import Feature, register_feature
 from .fp8 import WIDE_INPUT_RATIO
 
 QUANT_MODES = ("off", "fp8", "int8", "nvfp4-mixed")
-NOT_BUILT = {"int8": "W8A8 INT8 linear quantisation", "nvfp4-mixed": "NVFP4/INT8 mixed-precision quantisation"}
+NOT_BUILT = {"nvfp4-mixed": "NVFP4/INT8 mixed-precision quantisation"}
+MIN_CAPABILITY = {"fp8": ((8, 9), "FP8 tensor cores (compute capability 8.9 or newer: Ada, Hopper, Blackwell)"),
+                  "int8": ((8, 0), "INT8 tensor-core GEMMs through torch._int_mm (compute capability 8.0 or newer)")}
 SKIPPED_NAMES = ("norm", "turbo_attention")  # modulation linears (one token per sample) and turbo's own parts
 logger = logging.getLogger("turbo")
 
@@ -36,8 +40,8 @@ logger = logging.getLogger("turbo")
 class QuantConfig:
     """Linear-layer quantisation."""
 
-    mode: str = option("off", "linear-layer quantisation of the transformer blocks (fp8 = W8A8 e4m3, per-channel "
-                       "weights, per-token activations)", choices=QUANT_MODES)
+    mode: str = option("off", "linear-layer quantisation of the transformer blocks (fp8 = W8A8 e4m3, int8 = W8A8 "
+                       "int8; per-channel weights, per-token activations)", choices=QUANT_MODES)
     fast_accum: bool = option(False, "fp8: cuBLASLt fast accumulation (faster on Hopper, less exact sums)")
 
     def __post_init__(self):
@@ -70,26 +74,29 @@ class QuantFeature(Feature):
     def check_config(self, section: QuantConfig) -> None:
         if section.mode in NOT_BUILT:
             raise NotImplementedMethodError(
-                f"quant.mode='{section.mode}': {NOT_BUILT[section.mode]} is not implemented yet; choose quant='fp8' "
-                "or quant='off'."
+                f"quant.mode='{section.mode}': {NOT_BUILT[section.mode]} is not implemented yet; choose quant='fp8', "
+                "quant='int8' or quant='off'."
             )
 
     def check(self, context, section: QuantConfig) -> None:
         devices = {_device_of(t.model) for t in context.targets}
         gpus = [d for d in devices if d.type == "cuda"]
+        least, what = MIN_CAPABILITY[section.mode]
         for device in gpus:
             capability = torch.cuda.get_device_capability(device)
-            if capability < (8, 9):
+            if capability < least:
                 raise TurboConfigError(
-                    f"quant='fp8' needs a GPU with FP8 tensor cores (compute capability 8.9 or newer: Ada, Hopper, "
-                    f"Blackwell); {torch.cuda.get_device_name(device)} is sm_{capability[0]}{capability[1]}."
+                    f"quant='{section.mode}' needs a GPU with {what}; {torch.cuda.get_device_name(device)} is "
+                    f"sm_{capability[0]}{capability[1]}."
                 )
         if len(gpus) < len(devices):
-            context.warnings.append("quant='fp8' on the CPU runs simulated FP8 numerics (for accuracy studies): "
+            numerics = "simulated FP8 numerics" if section.mode == "fp8" else "INT8 numerics"
+            context.warnings.append(f"quant='{section.mode}' on the CPU runs {numerics} (for accuracy studies): "
                                     "slower than the original linears.")
 
     def install(self, context, section: QuantConfig) -> dict:
         from .fp8 import FP8Linear
+        from .int8 import INT8Linear
 
         swapped = []  # (parent, attribute, original linear, its device)
         kept = []  # (FP8Linear loaded already quantised, its fast_accum before): restore leaves these FP8
@@ -99,10 +106,14 @@ class QuantFeature(Feature):
                 use_gemm = device.type == "cuda"
                 for module in target.model.modules():
                     if isinstance(module, FP8Linear):  # loaded quantised (turbo.load_quantized): nothing to swap
+                        if section.mode != "fp8":
+                            raise TurboConfigError(f"this model was loaded already quantised to FP8; quant="
+                                                   f"'{section.mode}' cannot apply on top (use quant='fp8').")
                         kept.append((module, module.fast_accum))
                         module.fast_accum = section.fast_accum
                 for parent, attr, linear in block_linears(target.adapter.denoising_blocks(target.model)):
-                    quantised = FP8Linear(linear, use_gemm, section.fast_accum)
+                    quantised = (FP8Linear(linear, use_gemm, section.fast_accum) if section.mode == "fp8"
+                                 else INT8Linear(linear))
                     setattr(parent, attr, quantised)
                     swapped.append((parent, attr, linear, linear.weight.device))
                     linear.to("cpu")  # in place: the GPU keeps only the FP8 copy; restore moves it back
@@ -115,7 +126,7 @@ class QuantFeature(Feature):
                 "turbo.restore leaves them FP8, there are no original weights to bring back."
             )
         if swapped:
-            logger.info("turbo: %d linear layers quantised to FP8", len(swapped))
+            logger.info("turbo: %d linear layers quantised to %s", len(swapped), section.mode.upper())
         return {"swapped": swapped, "kept": kept}
 
     def undo(self, context, token: dict) -> None:
@@ -129,8 +140,9 @@ class QuantFeature(Feature):
                            len(token["kept"]))
 
     def describe(self, section: QuantConfig) -> str:
-        extra = ", fast accumulation" if section.fast_accum else ""
-        return f"{section.mode}: W8A8 e4m3 linears in the transformer blocks (per-channel weights, per-token " \
+        extra = ", fast accumulation" if section.fast_accum and section.mode == "fp8" else ""
+        kind = "e4m3" if section.mode == "fp8" else "int8"
+        return f"{section.mode}: W8A8 {kind} linears in the transformer blocks (per-channel weights, per-token " \
                f"activations{extra})"
 
 

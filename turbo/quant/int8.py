@@ -1,0 +1,94 @@
+"""W8A8 INT8 linear layers: int8 weights with one scale per output channel, activations quantised per token at run time.
+
+Numerics (the spec; `int8_linear_reference` is the oracle and the fallback path):
+- weight W [N, K]: s_w[n] = max(amax(|W[n, :]|), 1e-12) / 127; W_q = round_half_even(W / s_w) in [-127, 127];
+- activation rows x [M, K] (every token separately): s_x[m] = max(amax(|x[m, :]|), 1e-12) / 127;
+  x_q = round_half_even(clamp(x / s_x, ±127));
+- y[m, n] = s_x[m] · s_w[n] · Σ_k x_q[m, k] · W_q[n, k] (exact integer sum) + b[n], in the input's dtype.
+
+The integer product is `torch._int_mm` (int8 × int8 → int32; cuBLASLt IMMA on CUDA GPUs, oneDNN on CPUs) when the
+shapes allow it (K and N multiples of 8); the scales are applied in plain torch ops, which inductor fuses under
+`torch.compile` as for FP8 (turbo/quant/fp8.py). The reference computes the same integer sum exactly in float64.
+Which linears are quantised is decided as for FP8 (`turbo.quant.block_linears`). INT8 is the W8A8 mode for GPUs
+without FP8 tensor cores (Ampere) and the integer path on CPUs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+INT8_MAX = 127.0
+TINY = 1e-12
+_MIN_ROWS = 17  # torch._int_mm on CUDA needs more than 16 rows: shorter inputs are padded
+
+
+def quantize_rows_int8(x: Tensor) -> tuple[Tensor, Tensor]:
+    """x [M, K] (any float dtype) -> (x_q [M, K] int8, scale [M, 1] fp32) with x ≈ x_q · scale row-wise."""
+    amax = x.abs().amax(dim=-1, keepdim=True).to(torch.float32)
+    scale = amax.clamp(min=TINY) / INT8_MAX
+    q = torch.round(x.to(torch.float32) / scale).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return q, scale
+
+
+def quantize_weight_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """weight [N, K] -> (W_q [N, K] int8, scale [N] fp32), one scale per output channel."""
+    q, scale = quantize_rows_int8(weight.detach())
+    return q, scale.reshape(-1)
+
+
+def _finish(acc: Tensor, x_scale: Tensor, weight_scale: Tensor, bias: Tensor | None, dtype, shape) -> Tensor:
+    out = acc.to(torch.float32) * x_scale * weight_scale[None, :]
+    if bias is not None:
+        out = out + bias.to(torch.float32)
+    return out.to(dtype).reshape(*shape[:-1], weight_scale.shape[0])
+
+
+def int8_linear_reference(x: Tensor, weight_q: Tensor, weight_scale: Tensor, bias: Tensor | None) -> Tensor:
+    """The INT8 W8A8 linear in plain PyTorch (any device): x [..., K] -> [..., N] in x.dtype; the integer sum is exact
+    (float64 holds every Σ x_q·W_q of K < 2^39 terms)."""
+    shape = x.shape
+    x_q, x_scale = quantize_rows_int8(x.reshape(-1, shape[-1]))
+    acc = x_q.to(torch.float64) @ weight_q.to(torch.float64).T
+    return _finish(acc, x_scale, weight_scale, bias, x.dtype, shape)
+
+
+def int8_linear(x: Tensor, weight_q: Tensor, weight_scale: Tensor, bias: Tensor | None) -> Tensor:
+    """The INT8 W8A8 linear through `torch._int_mm`: same signature and result as `int8_linear_reference` (the int32
+    sum is exact too). Needs K and N multiples of 8."""
+    shape = x.shape
+    x_q, x_scale = quantize_rows_int8(x.reshape(-1, shape[-1]))
+    rows = x_q.shape[0]
+    if x_q.is_cuda and rows < _MIN_ROWS:
+        x_q = torch.nn.functional.pad(x_q, (0, 0, 0, _MIN_ROWS - rows))
+    acc = torch._int_mm(x_q, weight_q.t())[:rows]
+    return _finish(acc, x_scale, weight_scale, bias, x.dtype, shape)
+
+
+def int_mm_ready(features: tuple[int, int]) -> bool:
+    """Whether `torch._int_mm` takes a [N, K] weight (both multiples of 8)."""
+    return all(f % 8 == 0 for f in features)
+
+
+class INT8Linear(nn.Module):
+    """Drop-in for `nn.Linear` with INT8 W8A8 numerics. Buffers: `weight_q` [N, K] int8, `weight_scale` [N] fp32,
+    `bias` [N] (the original dtype) or None. `use_int_mm` (fixed at construction) picks `int8_linear`, else the
+    float64 reference."""
+
+    def __init__(self, linear: nn.Linear, use_int_mm: bool = True):
+        super().__init__()
+        q, scale = quantize_weight_int8(linear.weight)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("weight_q", q)
+        self.register_buffer("weight_scale", scale)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+        self.use_int_mm = use_int_mm and int_mm_ready((self.out_features, self.in_features))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.use_int_mm:
+            return int8_linear(x, self.weight_q, self.weight_scale, self.bias)
+        return int8_linear_reference(x, self.weight_q, self.weight_scale, self.bias)
+
+    def extra_repr(self) -> str:
+        path = "int8 GEMM (torch._int_mm)" if self.use_int_mm else "float64 reference"
+        return f"in_features={self.in_features}, out_features={self.out_features}, {path}"
