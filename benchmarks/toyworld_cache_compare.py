@@ -1,0 +1,149 @@
+"""Block caches side by side on ToyWorld (issue 13): turbo's Temporal Delta Cache vs diffusers' FirstBlockCache and
+MagCache, same prompts and seeds, against the uncached teacher.
+
+    python benchmarks/toyworld_cache_compare.py [--prompts 8] [--steps 50] [--guidance 5] [--frames 17]
+        [--configs none,tdc,fbc,mag] [--fbc-threshold 0.05] [--json FILE]
+
+Per config: the fraction of transformer-block calls skipped (counted by forward hooks on every block, so the three
+caches are counted the same way), mean same-seed PSNR against the uncached videos, the judge's accuracy, seconds per
+video. MagCache needs magnitude ratios for the model: they are calibrated first on the first prompt with diffusers'
+own `MagCacheConfig(calibrate=True)` run. Runs on a CPU (fp32) or a GPU (--device cuda).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+class BlockCounter:
+    """Counts forward calls of every transformer block (a skipped block is not called)."""
+
+    def __init__(self, blocks):
+        self.calls = 0
+        self.handles = [b.register_forward_pre_hook(self._count) for b in blocks]
+
+    def _count(self, module, args):
+        self.calls += 1
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def _generate(pipe, prompt, seed, kwargs) -> tuple[np.ndarray, float]:
+    t0 = time.perf_counter()
+    frames = pipe(prompt, generator=torch.Generator().manual_seed(seed), output_type="np", **kwargs).frames[0]
+    return np.asarray(frames, dtype=np.float32), time.perf_counter() - t0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="models/toyworld/wan-t2v")
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--frames", type=int, default=17)
+    parser.add_argument("--configs", default="none,tdc,fbc,mag")
+    parser.add_argument("--fbc-threshold", type=float, default=0.05)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    import turbo
+    from turbo.eval.harness import prompt_set
+    from turbo.eval.judge import aggregate, judge
+    from turbo.eval.metrics import psnr
+    from turbo.toyworld.train import load_toyworld
+
+    pipe = load_toyworld(args.model, dtype=torch.float32).to(args.device)
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = {"height": 256, "width": 256, "num_frames": args.frames, "num_inference_steps": args.steps,
+              "guidance_scale": args.guidance}
+    prompts = prompt_set(args.prompts, 0)
+    blocks = list(pipe.transformer.blocks)
+    per_call = len(blocks) * args.steps * (2 if args.guidance > 1 else 1)
+    reference: list[np.ndarray] = []
+    rows = {}
+    for name in args.configs.split(","):
+        setup, teardown = _config(name, pipe, prompts[0], kwargs, args)
+        setup()  # (MagCache calibrates here: its calls are not counted)
+        counter = BlockCounter(blocks)
+        videos, seconds, judged = [], 0.0, []
+        try:
+            for prompt, seed in prompts:
+                video, dt = _generate(pipe, prompt, seed, kwargs)
+                videos.append(video)
+                seconds += dt
+                judged.append(judge(video, prompt))
+        finally:
+            counter.remove()
+            teardown()
+        if name == "none":
+            reference = videos
+        values = [psnr(v, r) for v, r in zip(videos, reference, strict=True)] if reference else []
+        finite = [v for v in values if np.isfinite(v)]
+        rows[name] = {"skipped": 1.0 - counter.calls / (per_call * len(prompts)),
+                      "psnr_mean_db": float(np.mean(finite)) if finite else float("inf"),
+                      "identical": len(values) - len(finite),
+                      "accuracy": aggregate(judged), "seconds_per_video": seconds / len(prompts)}
+        acc = rows[name]["accuracy"]
+        print(f"| {name} | {100 * rows[name]['skipped']:.1f} % | {rows[name]['psnr_mean_db']:.1f} dB | "
+              + " | ".join(f"{100 * acc[k]:.0f}" for k in ("colour", "shape", "motion", "background"))
+              + f" | {rows[name]['seconds_per_video']:.1f} s |", flush=True)
+    out = {"model": args.model, "prompts": len(prompts), "call": kwargs, "device": args.device,
+           "torch": torch.__version__, "turbo_cache_defaults": turbo.TurboConfig().cache.__dict__,
+           "command": "python benchmarks/toyworld_cache_compare.py " + " ".join(sys.argv[1:]), "rows": rows}
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1, default=str) + "\n")
+    return 0
+
+
+def _config(name, pipe, first, kwargs, args):
+    """(setup, teardown) callables that put cache `name` on `pipe` and take it off again."""
+    from diffusers.hooks import FirstBlockCacheConfig, MagCacheConfig
+
+    import turbo
+
+    def nothing():
+        return None
+
+    if name == "none":
+        return nothing, nothing
+    if name == "tdc":
+        return (lambda: turbo.accelerate(pipe, cache="tdc")), (lambda: turbo.restore(pipe))
+    if name == "fbc":
+        return (lambda: pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=args.fbc_threshold))), \
+            pipe.transformer.disable_cache
+    if name == "mag":
+        def calibrate_then_enable():
+            import ast
+            import contextlib
+            import io
+
+            # diffusers prints the calibrated ratios (one list per CFG branch) at the end of a calibration run
+            pipe.transformer.enable_cache(MagCacheConfig(calibrate=True, num_inference_steps=args.steps))
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                _generate(pipe, first[0], first[1], kwargs)
+            pipe.transformer.disable_cache()
+            lists = [ast.literal_eval(line.strip()) for line in printed.getvalue().splitlines()
+                     if line.strip().startswith("[") and line.strip().endswith("]") and "MagCache" not in line]
+            if not lists:
+                raise SystemExit("MagCache calibration printed no ratios in this diffusers version")
+            print(f"MagCache ratios calibrated on {first[0]!r}: {len(lists)} list(s) of {len(lists[0])}", flush=True)
+            pipe.transformer.enable_cache(MagCacheConfig(mag_ratios=lists[0], num_inference_steps=args.steps))
+
+        return calibrate_then_enable, pipe.transformer.disable_cache
+    raise SystemExit(f"unknown cache config {name!r}; known: none, tdc, fbc, mag")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
