@@ -4,10 +4,11 @@ MagCache, same prompts and seeds, against the uncached teacher.
     python benchmarks/toyworld_cache_compare.py [--prompts 8] [--steps 50] [--guidance 5] [--frames 17]
         [--configs none,tdc,fbc,mag] [--fbc-threshold 0.05] [--json FILE]
 
-Per config: the fraction of transformer-block calls skipped (counted by forward hooks on every block, so the three
-caches are counted the same way), mean same-seed PSNR against the uncached videos, the judge's accuracy, seconds per
-video. MagCache needs magnitude ratios for the model: they are calibrated first on the first prompt with diffusers'
-own `MagCacheConfig(calibrate=True)` run. Runs on a CPU (fp32) or a GPU (--device cuda).
+Per config: the fraction of transformer-block computations skipped (counted by hooks on every block's feed-forward,
+so the three caches are counted the same way), mean same-seed PSNR against the uncached videos, the judge's accuracy,
+seconds per video (meaningful only on an otherwise idle machine). MagCache needs magnitude ratios for the model:
+they are calibrated first on the first prompt with diffusers' own `MagCacheConfig(calibrate=True)` run. Runs on a
+CPU (fp32) or a GPU (--device cuda).
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 class BlockCounter:
-    """Counts forward calls of every transformer block (a skipped block is not called)."""
+    """Counts the transformer blocks actually computed: calls of each block's feed-forward (the caches replace a
+    skipped block's forward through diffusers hooks, so the block itself is still "called"; its feed-forward is not)."""
 
     def __init__(self, blocks):
         self.calls = 0
-        self.handles = [b.register_forward_pre_hook(self._count) for b in blocks]
+        self.handles = [b.ffn.register_forward_pre_hook(self._count) for b in blocks]
 
     def _count(self, module, args):
         self.calls += 1
