@@ -47,7 +47,6 @@ CASES = {
     "image for t2v": (["--image", "{png}"], "text-to-video"),
     "i2v without image": (["--model", "toyworld-wan-i2v"], "--image"),
     "out in a missing folder": (["--out", "/nonexistent/dir/x.mp4"], "does not exist"),
-    "quant int8": (["--quant", "int8"], "not implemented yet"),
     "quant nvfp4-mixed": (["--quant", "nvfp4-mixed"], "not implemented yet"),
     "abbreviation --quant-mode-ish": (["--quant-mode-ish", "1"], "unrecognized arguments"),
     "abbreviation --kee": (["--kee", "0.1"], "unrecognized arguments"),
@@ -91,8 +90,8 @@ def test_not_built_modes_say_what_the_python_api_says(tmp_path, capsys):
     from turbo.config import resolve_config
 
     with pytest.raises(turbo.NotImplementedMethodError) as error:
-        resolve_config(None, turbo.default_config(), quant="int8")[0].check_built()
-    code = main(["generate", "--quant", "int8", "--out", str(tmp_path / "x.mp4")])
+        resolve_config(None, turbo.default_config(), quant="nvfp4-mixed")[0].check_built()
+    code = main(["generate", "--quant", "nvfp4-mixed", "--out", str(tmp_path / "x.mp4")])
     assert _check_refused(capsys, code) == f"turbo: {error.value}"
 
 

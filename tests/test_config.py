@@ -100,7 +100,7 @@ def test_bad_values_fail_with_one_sentence(overrides, words):
 
 @pytest.mark.parametrize(
     "section, value, name",
-    [("quant", "int8", "INT8"), ("quant", "nvfp4-mixed", "NVFP4")],
+    [("quant", "nvfp4-mixed", "NVFP4")],
 )
 def test_methods_not_built_yet_name_themselves(section, value, name):
     config = TurboConfig().replace(**{section: value})
