@@ -45,7 +45,7 @@ def fit_sla_projections(captured, config: AttentionConfig) -> dict[int, tuple[Te
     (method "sla"). captured: `CapturedAttention` items (video tokens first; text tokens are ignored)."""
     if config.method != "sla":
         raise ValueError(f"fit_sla_projections fits SLA's proj; got attention method {config.method!r}")
-    gram: dict[int, Tensor] = {}
+    gram: dict[int, Tensor] = defaultdict(lambda: 0)
     cross: dict[int, Tensor] = defaultdict(lambda: 0)
     for item in captured:
         dense, sparse, linear = _parts(*_video(item), config.options)
@@ -54,7 +54,7 @@ def fit_sla_projections(captured, config: AttentionConfig) -> dict[int, tuple[Te
         y = (dense - sparse).reshape(-1, d)
         rows = x.abs().sum(-1) > 0
         design = torch.cat([x[rows], torch.ones(int(rows.sum()), 1)], dim=1).double()
-        gram[item.layer] = gram.get(item.layer, 0) + design.T @ design
+        gram[item.layer] = gram[item.layer] + design.T @ design
         cross[item.layer] = cross[item.layer] + design.T @ y[rows].double()
     out = {}
     for layer, g in gram.items():

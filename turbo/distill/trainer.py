@@ -228,6 +228,23 @@ def _dense_attention_for_jvp(model: torch.nn.Module, choice: str = "auto"):
             setattr(module, METHOD_ATTR, method)
 
 
+@contextlib.contextmanager
+def _dense_capture(model: torch.nn.Module, device):
+    """A `QKVCapture` of every self-attention call `model` (accelerated by turbo) makes inside the block, with every
+    layer forced dense: the (Q, K, V) of the model's own dense activations. The runtime is reset afterwards."""
+    from turbo.eval.capture import QKVCapture
+
+    runtime = model.turbo.runtime
+    capture = QKVCapture(device=device)
+    dense_steps = runtime.dense_steps
+    runtime.capture, runtime.dense_steps = capture, 1 << 62
+    try:
+        yield capture
+    finally:
+        runtime.capture, runtime.dense_steps = None, dense_steps
+        runtime.reset()
+
+
 class _Sigterm:
     """A SIGTERM handler that only raises a flag; the loop saves at the next step boundary (main thread only)."""
 
@@ -328,14 +345,9 @@ class _Run:
         `batches` cached batches at RF times `times` (noise from a generator of its own: every process fits the
         same); returns the note for the export card."""
         from turbo.attention.sla_fit import fit_sla_projections, load_sla_projections, sla_fidelity
-        from turbo.eval.capture import QKVCapture
 
-        runtime = student.turbo.runtime
-        capture = QKVCapture(device=self.device)
         gen = torch.Generator(device=self.device).manual_seed(self.config.seed * 104729 + 17)
-        dense_steps = runtime.dense_steps
-        runtime.capture, runtime.dense_steps = capture, 1 << 62  # every layer dense: the teacher's attention
-        try:
+        with _dense_capture(student, self.device) as capture:
             for b in range(batches):
                 batch = _batch(self.data, self.config, b, 0, 0, 1, self.device)
                 x0 = batch["latents"]
@@ -344,9 +356,6 @@ class _Run:
                     timestep = torch.full((x0.shape[0],), t * 1000.0, device=self.device)
                     student(hidden_states=x_t, timestep=timestep, return_dict=False,
                             encoder_hidden_states=batch["prompt_embeds"])
-        finally:
-            runtime.capture, runtime.dense_steps = None, dense_steps
-            runtime.reset()
         attention = self.config.turbo_attention()
         fit = fit_sla_projections(capture, attention)
         layers = load_sla_projections(student, fit)
@@ -497,20 +506,11 @@ class _Run:
     def _attention_loss(self, batch) -> torch.Tensor:
         """SLA2 stage 1: mean over layers of MSE(SLA2_l(Q, K, V), dense(Q, K, V)) on the (Q, K, V) of a dense
         forward of the frozen student (= the teacher) at x_t."""
-        from turbo.eval.capture import QKVCapture
         from turbo.runtime import AttentionCall, StepInfo
 
         x_t, timestep, cond = self._rf_input(batch)
-        runtime = self.student_net.turbo.runtime
-        capture = QKVCapture(device=self.device)
-        dense_steps = runtime.dense_steps
-        runtime.capture, runtime.dense_steps = capture, 1 << 62  # every layer dense: the teacher's activations
-        try:
-            with torch.no_grad():
-                self.student_net(hidden_states=x_t, timestep=timestep, return_dict=False, **cond)
-        finally:
-            runtime.capture, runtime.dense_steps = None, dense_steps
-            runtime.reset()
+        with _dense_capture(self.student_net, self.device) as capture, torch.no_grad():
+            self.student_net(hidden_states=x_t, timestep=timestep, return_dict=False, **cond)
         losses = []
         for item in capture:
             q, k, v, mask = item.q, item.k, item.v, item.attn_mask
