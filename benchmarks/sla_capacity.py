@@ -31,6 +31,7 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=1, help="prompts whose attention is captured")
     parser.add_argument("--frames", type=int, default=17)
     parser.add_argument("--judge", type=int, default=0, help="judge this many prompts per config (0: no judging)")
+    parser.add_argument("--blocks", default="128x64", help="comma list of block_q x block_k tile sizes")
     args = parser.parse_args()
     from turbo.attention.sla_fit import fit_sla_projections, load_sla_projections, sla_fidelity
     from turbo.config import AttentionConfig
@@ -47,18 +48,22 @@ def main() -> int:
             pipe(prompt, num_inference_steps=50, generator=torch.Generator().manual_seed(seed), output_type="latent",
                  **call)
     print(f"{len(captured)} captured calls, q {tuple(captured.items[0].q.shape)}, steps {steps}", flush=True)
-    print("| keep | linear | rel-L1, proj 0 | rel-L1, least-squares proj | per layer (proj 0 → lstsq) |")
-    print("|---|---|---|---|---|")
+    print("| keep | linear | blocks (q×k) | rel-L1, proj 0 | rel-L1, least-squares proj | per layer (proj 0 → lstsq) |")
+    print("|---|---|---|---|---|---|")
     fits = {}
+    blocks = [tuple(int(n) for n in b.split("x")) for b in args.blocks.split(",")]
     for keep in (float(k) for k in args.keeps.split(",")):
         for linear in args.linear.split(","):
-            config = AttentionConfig(method="sla", keep=keep, linear=linear,
-                                     topk_rule="floor" if linear == "all" else "round")
-            fits[(keep, linear)] = fit = fit_sla_projections(captured, config)
-            before, after = sla_fidelity(captured, config), sla_fidelity(captured, config, fit)
-            layers = ", ".join(f"{before[i]:.2f}→{after[i]:.2f}" for i in sorted(before))
-            print(f"| {keep:g} | {linear} | {sum(before.values()) / len(before):.3f} | "
-                  f"{sum(after.values()) / len(after):.3f} | {layers} |", flush=True)
+            for block_q, block_k in blocks:
+                options = {"method": "sla", "keep": keep, "linear": linear, "block_q": block_q, "block_k": block_k,
+                           "topk_rule": "floor" if linear == "all" else "round"}
+                config = AttentionConfig(**options)
+                fit = fit_sla_projections(captured, config)
+                fits[(keep, linear, block_q, block_k)] = (options, fit)
+                before, after = sla_fidelity(captured, config), sla_fidelity(captured, config, fit)
+                layers = ", ".join(f"{before[i]:.2f}→{after[i]:.2f}" for i in sorted(before))
+                print(f"| {keep:g} | {linear} | {block_q}×{block_k} | {sum(before.values()) / len(before):.3f} | "
+                      f"{sum(after.values()) / len(after):.3f} | {layers} |", flush=True)
     if args.judge:
         prompts = prompt_set(args.judge, 0)
         kwargs = {**call, "num_inference_steps": 20}
@@ -70,14 +75,14 @@ def main() -> int:
                                                                              "background")) + " |", flush=True)
 
         row("dense", judge_prompts(pipe, prompts, kwargs, "dense", batch_size=4, progress=False))
-        for (keep, linear), fit in fits.items():
-            config = {"attention": {"method": "sla", "keep": keep, "linear": linear,
-                                    "topk_rule": "floor" if linear == "all" else "round"}}
-            row(f"sla {keep:g} {linear}, proj 0", judge_prompts(pipe, prompts, kwargs, config, batch_size=4,
+        for (keep, linear, block_q, block_k), (options, fit) in fits.items():
+            config = {"attention": options}
+            label = f"sla {keep:g} {linear} {block_q}×{block_k}"
+            row(f"{label}, proj 0", judge_prompts(pipe, prompts, kwargs, config, batch_size=4,
                                                                  progress=False))
             report = judge_prompts(pipe, prompts, kwargs, config, batch_size=4, progress=False,
                                    on_accelerated=lambda p, fit=fit: load_sla_projections(p.transformer, fit))
-            row(f"sla {keep:g} {linear}, lstsq proj", report)
+            row(f"{label}, lstsq proj", report)
     return 0
 
 

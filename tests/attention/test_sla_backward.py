@@ -21,18 +21,18 @@ def _inputs(seed, s=200, h=2, d=32):
     return [torch.randn(1, s, h, d, generator=g).to(DEVICE).requires_grad_() for _ in range(3)]
 
 
-@pytest.mark.parametrize("keep", [0.3, 0.6, 1.0])
-def test_sla_op_gradients_match_reference(keep):
+@pytest.mark.parametrize("keep, block_q, block_k", [(0.3, 64, 32), (0.6, 64, 32), (1.0, 64, 32), (0.1, 32, 16)])
+def test_sla_op_gradients_match_reference(keep, block_q, block_k):
     seed = int(torch.randint(0, 2**31, ()))
     q, k, v = _inputs(seed)
     proj = torch.nn.Linear(32, 32).to(DEVICE)
     torch.nn.init.normal_(proj.weight, std=0.3)
     grad = torch.randn(q.shape, generator=torch.Generator().manual_seed(seed + 1)).to(DEVICE)
     with torch.no_grad():
-        lut, count = sla_router(q, k, 64, 32, keep)
-    out, _ = torch.ops.turbo.sla_forward(q, k, v, lut, count, proj.weight, proj.bias, 64, 32, 32 ** -0.5)
+        lut, count = sla_router(q, k, block_q, block_k, keep)
+    out, _ = torch.ops.turbo.sla_forward(q, k, v, lut, count, proj.weight, proj.bias, block_q, block_k, 32 ** -0.5)
     got = torch.autograd.grad(out, [q, k, v, proj.weight, proj.bias], grad)
-    ref = reference.sla_attention(q, k, v, keep, block_q=64, block_k=32, proj=proj)
+    ref = reference.sla_attention(q, k, v, keep, block_q=block_q, block_k=block_k, proj=proj)
     expected = torch.autograd.grad(ref, [q, k, v, proj.weight, proj.bias], grad)
     for name, a, b in zip(["dq", "dk", "dv", "dW", "db"], got, expected, strict=True):
         assert torch.isfinite(a).all()

@@ -209,15 +209,35 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(pipe, cach
     assert all(torch.isfinite(t).all() for t in saved.group("student").values())
 
 
-def test_rcm_with_sla_student_runs_with_a_dense_jvp_note(pipe, cache, tmp_path):
-    result = distill(pipe, tiny_toyworld(mode="rcm+sla", steps=4, tangent_warmup=2, save_every=100, sample_every=4),
-                     cache, tmp_path)
+def test_student_from_loads_a_student_export_and_refuses_other_architectures(rcm_run, pipe, tmp_path):
+    import copy
+
+    from diffusers import WanTransformer3DModel
+
+    from turbo.distill.trainer import _load_student_weights
+
+    student = copy.deepcopy(pipe.transformer).float()
+    _load_student_weights(student, str(rcm_run.export_dir))
+    exported = WanTransformer3DModel.from_pretrained(rcm_run.export_dir, dtype=torch.float32).state_dict()
+    assert all(torch.equal(exported[k], v) for k, v in student.state_dict().items())
+    assert not torch.equal(student.proj_out.weight, pipe.transformer.proj_out.weight.float())
+    with pytest.raises(TurboConfigError, match="no config.json"):
+        _load_student_weights(student, str(tmp_path))
+    other = WanTransformer3DModel(**{**dict(pipe.transformer.config), "num_layers": 1})
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(TurboConfigError, match="num_layers"):
+        _load_student_weights(student, str(tmp_path / "other"))
+
+
+def test_rcm_with_sla_student_runs_with_a_dense_jvp_note(pipe, cache, rcm_run, tmp_path):
+    result = distill(pipe, tiny_toyworld(mode="rcm+sla", steps=4, tangent_warmup=2, save_every=100, sample_every=4,
+                                         student_from=str(rcm_run.export_dir)), cache, tmp_path)
     video = tmp_path / "samples" / "step-00000004.mp4"
     assert video.is_file() and video.stat().st_size > 0  # the EMA student, rCM 4 steps, first cached prompt
     assert [h["kind"] for h in result.history] == ["student", "student", "student", "fake"]
     assert "dmd" in result.history[2]
     card = (result.export_dir / "README.md").read_text()
-    assert "JVP" in card and "dense" in card
+    assert "JVP" in card and "dense" in card and f"started from the weights of {rcm_run.export_dir}" in card
     recipe = json.loads((result.export_dir / "turbo_config.json").read_text())
     assert recipe["sampler"]["mode"] == "rcm" and recipe["attention"]["method"] == "sla"
 

@@ -56,6 +56,9 @@ class DistillConfig(ConfigDict):
         captured Q/K/V), "sla2-stage2" (hard top-k + QAT, the whole model, velocity distillation as "sla").
     init_from: "sla2-stage2" only: a directory exported by "sla2-stage1" (or its turbo_attention.safetensors) whose
         SLA2 parts the student starts from; empty = untrained SLA2 parts (logged).
+    student_from: "" (the student starts as a copy of the teacher) or a transformer directory of the teacher's
+        architecture whose weights it starts from instead, e.g. an rCM student export to fine-tune with SLA attention
+        (mode "rcm+sla") in fewer steps than from the teacher; the fake score still starts from the teacher.
     teacher: a diffusers pipeline directory (or, through `turbo distill`, a registry model name). data: a latent cache
         directory (`turbo.distill.data.LatentCache`). output: the run directory (``--out`` overrides it).
     steps: training iterations (student or fake-score updates each count one). minutes: 0, or a wall-time budget:
@@ -113,6 +116,7 @@ class DistillConfig(ConfigDict):
     sla_proj_init: str = "zero"
     attention: dict | None = None
     init_from: str = ""
+    student_from: str = ""
     ema_sigma_rel: float = 0.1
     mixed_precision: str = "bf16"
     gradient_checkpointing: bool = False

@@ -37,6 +37,7 @@ import contextlib
 import copy
 import dataclasses
 import functools
+import json
 import logging
 import math
 import signal
@@ -187,6 +188,25 @@ def _load_stage1_parts(student: torch.nn.Module, config: DistillConfig) -> Path:
     return path
 
 
+def _load_student_weights(student: torch.nn.Module, directory: str) -> None:
+    """Load the transformer weights of `directory` (a diffusers model directory of the teacher's class and config,
+    e.g. a student export) into `student`; turbo's attention parts stored beside them are not loaded."""
+    path = Path(directory)
+    if not (path / "config.json").is_file():
+        raise TurboConfigError(f"student_from: {path} is not a diffusers model directory (no config.json); give a "
+                               "transformer directory, e.g. a student export.")
+    cls = type(student)
+    other = cls.from_pretrained(path, dtype=torch.float32)
+    ignored = {"_name_or_path", "_diffusers_version", "_class_name", "_use_default_values"}
+    mine, theirs = ({k: v for k, v in json.loads(json.dumps(dict(m.config), default=str)).items() if k not in ignored}
+                    for m in (student, other))  # through JSON: tuples and lists compare equal
+    differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+    if differ:
+        raise TurboConfigError(f"student_from: {path} is not the teacher's architecture (config keys "
+                               f"{', '.join(differ)} differ).")
+    student.load_state_dict(other.state_dict(), strict=True)
+
+
 def _sla2_modules(model: torch.nn.Module) -> dict[int, torch.nn.Module]:
     """layer index -> the SLA2 method module installed under that layer's self-attention."""
     from turbo.adapters import METHOD_ATTR
@@ -291,6 +311,10 @@ class _Run:
         self.teacher = TrigFlowModel(self.teacher_net)
 
         student = copy.deepcopy(teacher).float().train()
+        if config.student_from:
+            _load_student_weights(student, config.student_from)
+            self.notes.append(f"the student started from the weights of {config.student_from}")
+            logger.info("distill: %s", self.notes[-1])
         if config.mode != "rcm":
             _install_student_attention(student, config)
         if config.sla_proj_init == "lstsq":
