@@ -53,9 +53,9 @@ RUNS = {
     "rcm-b64": (RCM, {**B64, "lr": "3.0e-5", "fake_lr": "6.0e-6"}),
     "rcm-sla-b64": (RCM, {**B64, "mode": "rcm+sla", "attention": TD_SLA, "lr": "3.0e-5", "fake_lr": "6.0e-6"}),
     "rcm-sla-t16": (RCM, {**B64, "mode": "rcm+sla", "attention": TD_SLA_T16, "lr": "3.0e-5", "fake_lr": "6.0e-6"}),
-    # the TurboDiffusion stack fine-tuned from a dense rCM student (`rcm-b64`'s export, carried to runs/rcm-b64)
+    # the TurboDiffusion stack fine-tuned from the shipped dense rCM student
     "rcm-sla-t16-init": (RCM, {**B64, "mode": "rcm+sla", "attention": TD_SLA_T16, "lr": "3.0e-5", "fake_lr": "6.0e-6",
-                               "student_from": "runs/rcm-b64/student"}),
+                               "student_from": "models/toyworld/students/wan-t2v-rcm4"}),
     "sla5-b64": (SLA, {**B64, "lr": "2.0e-4"}),
     "sla5-t16": (SLA, {**B64, "lr": "2.0e-4", "attention": SLA5_T16}),
 }
