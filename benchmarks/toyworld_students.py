@@ -56,6 +56,10 @@ RUNS = {
     # the TurboDiffusion stack fine-tuned from the shipped dense rCM student
     "rcm-sla-t16-init": (RCM, {**B64, "mode": "rcm+sla", "attention": TD_SLA_T16, "lr": "3.0e-5", "fake_lr": "6.0e-6",
                                "student_from": "models/toyworld/students/wan-t2v-rcm4"}),
+    # continued from the exports of the two runs above (carried to runs/NAME/student)
+    "rcm-sla-t16-cont": (RCM, {**B64, "mode": "rcm+sla", "attention": TD_SLA_T16, "lr": "3.0e-5", "fake_lr": "6.0e-6",
+                               "student_from": "runs/rcm-sla-t16-init/student"}),
+    "sla5-t16-cont": (SLA, {**B64, "lr": "2.0e-4", "attention": SLA5_T16, "student_from": "runs/sla5-t16/student"}),
     "sla5-b64": (SLA, {**B64, "lr": "2.0e-4"}),
     "sla5-t16": (SLA, {**B64, "lr": "2.0e-4", "attention": SLA5_T16}),
 }

@@ -5,6 +5,7 @@ config / command-line bad input."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -173,6 +174,17 @@ def test_sla_fine_tune_reduces_the_velocity_error_and_exports_its_parts(pipe, ca
     loaded = WanTransformer3DModel.from_pretrained(result.export_dir).float()
     turbo.accelerate(loaded)  # sla from the recipe, its parts found beside the weights: no allow_untuned needed
     assert loaded.turbo.config.attention.method == "sla" and loaded.turbo.config.attention.keep == 0.25
+
+    # continuing from the export: the student starts from its weights and its SLA proj (one step at lr ~0 later,
+    # the velocity error is the trained one, not the untrained one); other tiles leave the proj untrained, noted
+    again = distill(pipe, dataclasses.replace(config, steps=1, lr=1e-12, lr_warmup=0,
+                                              student_from=str(result.export_dir)), cache, tmp_path / "again")
+    assert _velocity_mse(again.student, pipe.transformer, cache) == pytest.approx(after, rel=0.02)
+    assert any("attention parts (sla) started from" in note for note in again.notes)
+    other = dataclasses.replace(config, steps=1, student_from=str(result.export_dir),
+                                attention={**config.attention, "block_k": 32})
+    assert any("were not loaded" in note and "block_k=16" in note
+               for note in distill(pipe, other, cache, tmp_path / "other").notes)
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(pipe, cache, tmp_path):

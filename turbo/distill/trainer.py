@@ -207,6 +207,31 @@ def _load_student_weights(student: torch.nn.Module, directory: str) -> None:
     student.load_state_dict(other.state_dict(), strict=True)
 
 
+def _load_student_parts(student: torch.nn.Module, config: DistillConfig) -> str | None:
+    """Load the turbo attention parts (SLA proj, SLA2 router / α) stored in ``config.student_from`` into the student's
+    attention when they were trained with the same method, keep and tiles (continuing a run from its export); returns
+    a note saying what happened, None when the directory has no parts."""
+    from safetensors import safe_open
+
+    from turbo.attention.parts import CONFIG_KEY, METHOD_KEY, PARTS_FILE, load_parts
+
+    path = Path(config.student_from) / PARTS_FILE
+    if not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    saved = {**json.loads(metadata.get(CONFIG_KEY, "{}")), "method": metadata.get(METHOD_KEY)}
+    ours = config.turbo_attention().to_dict()
+    keys = ("method", "keep", "block_q", "block_k", "linear", "alpha_bins")
+    differ = [k for k in keys if k in ours and saved.get(k) != ours[k]]
+    if differ:
+        return (f"the attention parts of {config.student_from} were not loaded: they were trained with "
+                + ", ".join(f"{k}={saved.get(k)}" for k in differ)
+                + f" (this run: {', '.join(f'{k}={ours[k]}' for k in differ)}); the student's start untrained")
+    load_parts(student, path)
+    return f"the student's attention parts ({ours['method']}) started from {path}"
+
+
 def _sla2_modules(model: torch.nn.Module) -> dict[int, torch.nn.Module]:
     """layer index -> the SLA2 method module installed under that layer's self-attention."""
     from turbo.adapters import METHOD_ATTR
@@ -317,6 +342,9 @@ class _Run:
             logger.info("distill: %s", self.notes[-1])
         if config.mode != "rcm":
             _install_student_attention(student, config)
+            if config.student_from and (note := _load_student_parts(student, config)):
+                self.notes.append(note)
+                logger.info("distill: %s", note)
         if config.sla_proj_init == "lstsq":
             self.notes.append(self._fit_sla_proj(student))
             logger.info("%s", self.notes[-1])
