@@ -90,11 +90,16 @@ _TOYWORLD = (
     ("toyworld-wan-i2v", "wan-i2v", "ToyWorld Wan I2V (trained)", "i2v", "wan"),
     ("toyworld-hunyuan-t2v", "hunyuan-t2v", "ToyWorld HunyuanVideo T2V (trained)", "t2v", "hunyuanvideo"),
 )
-# students made from the shipped ToyWorld teachers by `turbo distill` (benchmarks/toyworld_students.py):
-# name, directory under models/toyworld/students/, teacher directory, title
+# students made from the shipped ToyWorld teachers by `turbo distill` (benchmarks/toyworld_students.py), stored packed
+# against their teacher's transformer (`turbo.distill.pack`): name, directory under models/toyworld/students/, teacher
+# directory, rCM (4 steps without CFG; else the teacher's 50 steps + CFG 5), title
 _TOYWORLD_STUDENTS = (
-    ("toyworld-wan-t2v-rcm", "wan-t2v-rcm4", "wan-t2v",
+    ("toyworld-wan-t2v-rcm", "wan-t2v-rcm4", "wan-t2v", True,
      "ToyWorld Wan T2V, rCM 4-step student of toyworld-wan-t2v (turbo distill, guidance distilled in)"),
+    ("toyworld-wan-t2v-rcm-sla", "wan-t2v-rcm4-sla", "wan-t2v", True,
+     "ToyWorld Wan T2V, rCM 4-step student with SLA keep 10 % attention (the TurboDiffusion stack; turbo distill)"),
+    ("toyworld-wan-t2v-sla5", "wan-t2v-sla5", "wan-t2v", False,
+     "ToyWorld Wan T2V with SLA keep 5 % attention, fine-tuned by turbo distill (50 steps + CFG 5)"),
 )
 _TOYWORLD_NEEDS = "runs on a CPU (12-14 MB, ships in the repository under models/toyworld/); no turbo fine-tuned parts"
 # None = turbo's default config: on the CPU these models run on, no method is faster than dense attention (the README
@@ -165,7 +170,9 @@ def converted_dir(preset: ModelPreset) -> Path | None:
     """The directory of the transformer(s) that replace `preset`'s source's: its shipped student, or its `turbo
     convert`ed checkpoint under `turbo_home()`; None for presets without one."""
     if preset.student is not None:
-        return Path(preset.student)
+        from turbo.distill.pack import student_dir
+
+        return student_dir(preset.student)
     return None if preset.converted is None else turbo_home() / preset.converted
 
 
@@ -202,13 +209,15 @@ def list_models() -> list[ModelPreset]:
     return toyworld + students + list(_HUB) + list(_TURBOWAN)
 
 
-def _student_preset(name: str, sub: str, teacher: str, title: str) -> ModelPreset:
-    """A shipped ToyWorld student: its teacher's pipeline with the student transformer, rCM 4 steps without CFG."""
+def _student_preset(name: str, sub: str, teacher: str, rcm: bool, title: str) -> ModelPreset:
+    """A shipped ToyWorld student: its teacher's pipeline with the student transformer; rCM students run 4 steps
+    without CFG, the others the teacher's steps and CFG."""
     base = _toyworld_preset(name, TOYWORLD_DIR / teacher, title, "t2v", "wan")
-    return replace(base, steps=4, guidance=1.0, student=str(TOYWORLD_DIR / "students" / sub),
-                   baseline=(base.steps, base.guidance),
-                   needs="runs on a CPU (a 8 MB bf16 student in models/toyworld/students/ + its teacher's VAE and "
-                         "text encoder); its recipe sets the rCM sampler")
+    what = "the rCM sampler" + (" and SLA attention" if "sla" in sub else "") if rcm else "SLA attention"
+    return replace(base, steps=4 if rcm else base.steps, guidance=1.0 if rcm else base.guidance,
+                   student=str(TOYWORLD_DIR / "students" / sub), baseline=(base.steps, base.guidance),
+                   needs="runs on a CPU (a packed student in models/toyworld/students/, unpacked once into "
+                         f"$TURBO_HOME, + its teacher's VAE and text encoder); its recipe sets {what}")
 
 
 def get_model(name: str) -> ModelPreset:
@@ -413,7 +422,9 @@ def load_transformers(directory: str | os.PathLike, dtype) -> dict[str, Any]:
     and `transformer_2/` folders (two experts). `RegistryError` when it holds neither."""
     from diffusers import WanTransformer3DModel
 
-    directory = Path(directory)
+    from turbo.distill.pack import student_dir
+
+    directory = student_dir(directory)
     if (directory / "config.json").is_file():
         return {"transformer": WanTransformer3DModel.from_pretrained(directory, torch_dtype=dtype)}
     found = {name: WanTransformer3DModel.from_pretrained(directory / name, torch_dtype=dtype)

@@ -306,9 +306,11 @@ def cmd_accuracy(args) -> list[dict]:
     pipe = load_toyworld(args.model, dtype=None if args.dtype == "stored" else torch.float32, device=args.device)
     steps, guidances, config, label = args.steps or 50, args.guidance or [5.0], "dense", args.model
     if args.transformer:
+        from turbo.distill.pack import student_dir
         from turbo.recipe import find_recipe
 
-        student = type(pipe.transformer).from_pretrained(args.transformer, torch_dtype=pipe.transformer.dtype)
+        student = type(pipe.transformer).from_pretrained(student_dir(args.transformer),
+                                                         torch_dtype=pipe.transformer.dtype)
         pipe.transformer = student.to(pipe.device)
         recipe = find_recipe([student])
         sampler = recipe[0].sampler if recipe else None

@@ -2,6 +2,8 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# converted and unpacked models (the packed ToyWorld students) go to a fresh folder, not the user's ~/.cache/turbo
+os.environ.setdefault("TURBO_HOME", __import__("tempfile").mkdtemp(prefix="turbo-home-"))
 
 # Triton kernels run on CPU tensors through the interpreter; it must be chosen before any kernel module is imported.
 try:

@@ -1,9 +1,11 @@
-"""The shipped ToyWorld student (models/toyworld/students/): its registry preset, loading it in place of its
-teacher's transformer, `turbo generate --compare` against the teacher, and the judge/PSNR commands that measure it."""
+"""The shipped ToyWorld students (models/toyworld/students/, packed against their teacher): their registry presets and
+recipes, loading one in place of its teacher's transformer, `turbo generate --compare` against the teacher, and the
+judge/PSNR commands that measure it."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,15 +15,31 @@ from pipelines import registry
 STUDENT = "toyworld-wan-t2v-rcm"
 
 
-def test_student_preset_runs_rcm_four_steps_and_names_its_teacher_call():
-    preset = registry.get_model(STUDENT)
-    assert (preset.steps, preset.guidance, preset.baseline) == (4, 1.0, (50, 5.0))
-    directory = registry.converted_dir(preset)
-    assert (directory / "config.json").is_file() and registry.is_available(preset)
+@pytest.mark.parametrize("name, steps, guidance, sampler, attention", [
+    ("toyworld-wan-t2v-rcm", 4, 1.0, "rcm", "dense"),
+    ("toyworld-wan-t2v-rcm-sla", 4, 1.0, "rcm", "sla"),
+    ("toyworld-wan-t2v-sla5", 50, 5.0, "default", "sla"),
+])
+def test_student_presets_carry_their_recipe_and_unpack_from_their_teacher(name, steps, guidance, sampler, attention):
+    preset = registry.get_model(name)
+    assert (preset.steps, preset.guidance, preset.baseline) == (steps, guidance, (50, 5.0))
+    packed = registry.TOYWORLD_DIR / "students" / Path(preset.student).name
+    assert (packed / "turbo_delta.safetensors").stat().st_size < 4_600_000  # the repository's weight budget
+    assert not (packed / "diffusion_pytorch_model.safetensors").exists()
+    directory = registry.converted_dir(preset)  # unpacked once into $TURBO_HOME
+    assert directory != packed and (directory / "diffusion_pytorch_model.safetensors").is_file()
+    assert registry.converted_dir(preset) == directory and registry.is_available(preset)
     recipe = json.loads(registry.recipe_file(preset).read_text())
-    assert recipe["sampler"]["mode"] == "rcm" and recipe["sampler"]["steps"] == 4
-    weights = directory / "diffusion_pytorch_model.safetensors"
-    assert weights.stat().st_size < 9_000_000  # bf16: the repository's weight budget
+    assert recipe["sampler"]["mode"] == sampler and recipe["attention"]["method"] == attention
+    if attention == "sla":  # its trained SLA parts travel with it: turbo.accelerate needs no allow_untuned
+        import turbo
+        from turbo.distill.pack import student_dir
+
+        transformer = registry.load_transformers(packed, torch.float32)["transformer"]
+        assert Path(transformer.config._name_or_path) == student_dir(packed)
+        turbo.accelerate(transformer)
+        assert transformer.turbo.config.attention.method == "sla"
+        assert (transformer.turbo.config.attention.block_q, transformer.turbo.config.attention.block_k) == (32, 16)
 
 
 def test_load_pipeline_swaps_the_student_in_and_keeps_the_teacher_on_request():

@@ -191,7 +191,9 @@ def _load_stage1_parts(student: torch.nn.Module, config: DistillConfig) -> Path:
 def _load_student_weights(student: torch.nn.Module, directory: str) -> None:
     """Load the transformer weights of `directory` (a diffusers model directory of the teacher's class and config,
     e.g. a student export) into `student`; turbo's attention parts stored beside them are not loaded."""
-    path = Path(directory)
+    from turbo.distill.pack import student_dir
+
+    path = student_dir(directory)
     if not (path / "config.json").is_file():
         raise TurboConfigError(f"student_from: {path} is not a diffusers model directory (no config.json); give a "
                                "transformer directory, e.g. a student export.")
