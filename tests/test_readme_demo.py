@@ -30,7 +30,8 @@ def test_readme_demo_draws_its_prompt(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"prompt:  {DEFAULT_PROMPT!r}" in printed
     assert "comparing: the student" in printed and "PSNR" in printed
-    assert "(50 steps, CFG 5, 100 transformer calls)" in printed and "(4 steps, no CFG, 4 transformer calls)" in printed
+    assert "(50 steps, CFG 5, 100 transformer calls; dense attention, VAE fast)" in printed
+    assert "(4 steps, no CFG, 4 transformer calls)" in printed
     speedup = float(re.search(r"speed-up: +([0-9.]+)×", printed).group(1))
     assert speedup > 1.5, printed
     assert "judge, student: colour red ✓" in printed

@@ -63,7 +63,7 @@ def test_generate_compare_runs_the_teacher_then_the_student(tmp_path, capsys):
                  "--out", str(tmp_path / "s.mp4")])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "teacher: " in out and "(50 steps, CFG 5, 100 transformer calls)" in out
+    assert "teacher: " in out and "(50 steps, CFG 5, 100 transformer calls; dense attention, VAE fast)" in out
     assert "(4 steps, no CFG, 4 transformer calls)" in out and "vs the teacher" in out
     assert "sampler    rCM 4 steps" in out and "judge, teacher:" in out and "judge, student:" in out
     assert (tmp_path / "s.mp4").stat().st_size > 0

@@ -19,7 +19,7 @@ from typing import Any
 
 from .errors import TurboConfigError, TurboError
 
-_BUILTIN_MODULES = ("turbo.attention", "turbo.quant", "turbo.cache", "turbo.sampler", "turbo.compilation")
+_BUILTIN_MODULES = ("turbo.attention", "turbo.quant", "turbo.cache", "turbo.sampler", "turbo.vae", "turbo.compilation")
 _loaded = False
 
 

@@ -63,6 +63,9 @@ def test_round_trip_within_bf16_rounding_and_bits_by_the_error_bound(pair, tmp_p
     stamp = (out / WEIGHTS).stat().st_mtime_ns
     assert unpack_student(packed, cache=tmp_path / "cache") == out and (out / WEIGHTS).stat().st_mtime_ns == stamp
     assert student_dir(student_path) == student_path  # not packed: itself
+    (packed / "turbo_config.json").write_text('{"vae": {"mode": "fast"}}')  # a changed recipe: unpacked afresh
+    again = unpack_student(packed, cache=tmp_path / "cache")
+    assert again != out and (again / "turbo_config.json").read_text() == '{"vae": {"mode": "fast"}}'
 
 
 def test_a_tighter_bound_stores_more_bits(pair, tmp_path):

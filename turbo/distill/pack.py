@@ -142,8 +142,8 @@ def _default_cache() -> Path:
 
 def unpack_student(packed_dir, cache=None) -> Path:
     """The diffusers directory of packed student `packed_dir`: written once under `cache` (default
-    ``$TURBO_HOME/unpacked`` or ``~/.cache/turbo/unpacked``), named by the pack's content hash; later calls return it.
-    `PackError` when the base weights are missing or differ from those the pack was made against."""
+    ``$TURBO_HOME/unpacked`` or ``~/.cache/turbo/unpacked``), named by a hash of the pack's files; later calls return
+    it. `PackError` when the base weights are missing or differ from those the pack was made against."""
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
@@ -151,7 +151,11 @@ def unpack_student(packed_dir, cache=None) -> Path:
     pack = packed_dir / PACK_FILE
     if not pack.is_file():
         raise PackError(f"{packed_dir} is not a packed student (no {PACK_FILE}).")
-    key = _sha256(pack)[:16]
+    digest = hashlib.sha256()
+    for item in sorted(packed_dir.iterdir()):  # every file: a changed recipe or card is a new unpacked directory
+        if item.is_file():
+            digest.update(item.name.encode() + b"\0" + _sha256(item).encode())
+    key = digest.hexdigest()[:16]
     target = Path(cache or _default_cache()) / f"{packed_dir.name}-{key}"
     if (target / WEIGHTS).is_file():
         return target
