@@ -16,6 +16,7 @@ turbo_attention.safetensors, README.md) unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -78,6 +79,21 @@ def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30))
 
 
+@contextlib.contextmanager
+def _staging(source: Path, skip: str, parent: Path):
+    """A fresh directory under `parent` holding `source`'s files except `skip` (written, then renamed into place by
+    the caller); removed on the way out if it is still there."""
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".turbo-", dir=parent))
+    try:
+        for item in source.iterdir():
+            if item.is_file() and item.name != skip:
+                shutil.copy2(item, tmp / item.name)
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def pack_student(student_dir, base_dir, out_dir, max_error: float = BF16_ERROR) -> dict:
     """Write the packed form of `student_dir` (a transformer directory, one ``diffusion_pytorch_model.safetensors``)
     against `base_dir` (the teacher's transformer directory) into `out_dir`. A bf16 tensor's delta is coded in 4 bits
@@ -110,12 +126,7 @@ def pack_student(student_dir, base_dir, out_dir, max_error: float = BF16_ERROR) 
         if entry["bits"] == 0:
             tensors[f"{name}.raw"] = value.contiguous()
         info[name] = entry
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".pack-", dir=out_dir.parent))
-    try:
-        for item in student_dir.iterdir():
-            if item.is_file() and item.name != WEIGHTS:
-                shutil.copy2(item, tmp / item.name)
+    with _staging(student_dir, WEIGHTS, out_dir.parent) as tmp:
         metadata = {"turbo.delta.format": "1", "base": os.path.relpath(base_dir, out_dir),
                     "base_sha256": _sha256(base_dir / WEIGHTS), "tensors": json.dumps(info)}
         save_file(tensors, str(tmp / PACK_FILE), metadata=metadata)
@@ -131,8 +142,6 @@ def pack_student(student_dir, base_dir, out_dir, max_error: float = BF16_ERROR) 
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return {"bytes": (out_dir / PACK_FILE).stat().st_size, "bits": counts, "error": error}
 
 
@@ -177,20 +186,13 @@ def unpack_student(packed_dir, cache=None) -> Path:
             continue
         delta = _dequantise(stored[f"{name}.codes"], stored[f"{name}.scale"], entry["bits"], entry["shape"])
         weights[name] = (base[name].float() + delta).to(getattr(torch, entry["dtype"]))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=target.parent))
-    try:
-        for item in packed_dir.iterdir():
-            if item.is_file() and item.name != PACK_FILE:
-                shutil.copy2(item, tmp / item.name)
+    with _staging(packed_dir, PACK_FILE, target.parent) as tmp:
         save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt"})
         try:
             tmp.rename(target)
         except OSError:  # another process unpacked it first
             if not (target / WEIGHTS).is_file():
                 raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
