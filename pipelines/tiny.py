@@ -331,11 +331,12 @@ def build_wan_i2v(*, num_layers=2, num_heads=2, head_dim=12, seed=0, dtype=torch
 HUNYUAN_CALL_KWARGS: dict = {"prompt_template": {"template": "{}", "crop_start": 0}}
 
 
-def build_hunyuan_t2v(*, num_layers=1, num_single_layers=1, num_heads=2, head_dim=10, seed=0):
+def build_hunyuan_t2v(*, num_layers=1, num_single_layers=1, num_heads=2, head_dim=10, seed=0, guidance_embeds=True):
     """Tiny ``HunyuanVideoPipeline``: 3-layer Llama (width 16) + CLIP text (width 8, 77 positions), patch_size=2.
 
-    Call with ``**HUNYUAN_CALL_KWARGS``. ``guidance_scale`` is the embedded guidance (``guidance_embeds=True``);
-    real CFG needs ``true_cfg_scale > 1`` and a ``negative_prompt``.
+    Call with ``**HUNYUAN_CALL_KWARGS``. ``guidance_scale`` is the embedded guidance (``guidance_embeds=True``, as
+    the released HunyuanVideo; False: no guidance input, as the ToyWorld HunyuanVideo teacher); real CFG needs
+    ``true_cfg_scale > 1`` and a ``negative_prompt``.
     """
     from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoPipeline, HunyuanVideoTransformer3DModel
     from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
@@ -402,7 +403,7 @@ def build_hunyuan_t2v(*, num_layers=1, num_single_layers=1, num_heads=2, head_di
         patch_size=2,
         patch_size_t=1,
         qk_norm="rms_norm",
-        guidance_embeds=True,
+        guidance_embeds=guidance_embeds,
         text_embed_dim=llama_dim,
         pooled_projection_dim=clip_dim,
         rope_axes_dim=hunyuan_rope_axes(head_dim),

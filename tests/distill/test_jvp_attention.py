@@ -152,3 +152,47 @@ def test_install_refuses_sparse_methods_and_other_models(wan64):
     assert wan64.attn_processors == before
     with pytest.raises(TurboError, match="WanTransformer3DModel"):
         ja.install_jvp_attention(torch.nn.Linear(2, 2))
+
+
+def test_masked_jvp_reference_matches_torch_func_jvp():
+    g = torch.Generator().manual_seed(5)
+    q, k, v, tq, tk, tv = (torch.randn(2, 12, 2, 8, generator=g, dtype=torch.float64) for _ in range(6))
+    mask = torch.ones(2, 1, 1, 12, dtype=torch.bool)
+    mask[0, ..., 9:] = False  # padded keys of the first sample
+    out, t_out = ja.jvp_attention_reference(q, k, v, tq, tk, tv, chunk=5, mask=mask)
+
+    def masked(q_, k_, v_):
+        s = (q_.transpose(1, 2) @ k_.transpose(1, 2).transpose(-1, -2)) * 8 ** -0.5
+        return (torch.softmax(s.masked_fill(~mask, float("-inf")), -1) @ v_.transpose(1, 2)).transpose(1, 2)
+
+    want, t_want = torch.func.jvp(masked, (q, k, v), (tq, tk, tv))
+    torch.testing.assert_close(out, want)
+    torch.testing.assert_close(t_out, t_want)
+    torch.testing.assert_close(ja.attention_with_jvp(q, k, v, chunk=5, mask=mask), want)
+
+
+def test_hunyuan_jvp_matches_finite_difference_with_padded_text():
+    from pipelines.tiny import build_hunyuan_t2v
+
+    net = build_hunyuan_t2v(guidance_embeds=False).transformer.to(torch.float64)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 16, 2, 8, 8, generator=g, dtype=torch.float64)
+    cond = {"encoder_hidden_states": torch.randn(2, 7, 16, generator=g, dtype=torch.float64),
+            "encoder_attention_mask": torch.tensor([[1] * 7, [1] * 4 + [0] * 3]),
+            "pooled_projections": torch.randn(2, 8, generator=g, dtype=torch.float64)}
+    theta, t_theta = torch.tensor([0.7, 1.2], dtype=torch.float64), torch.tensor([0.3, -0.2], dtype=torch.float64)
+    t_x = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    model = TrigFlowModel(net, bf16_timesteps=False)
+    with torch.no_grad():
+        F_stock = model(x, theta, **cond)
+    with ja.using_jvp_attention(net, chunk=16):
+        kinds = {type(p).__name__ for p in net.attn_processors.values()}
+        assert kinds == {"JVPHunyuanVideoAttnProcessor", "JVPAttnProcessor"}  # joint blocks + token refiner
+        F, tF = model.F_and_tangent(x, theta, t_x, t_theta, **cond)
+    torch.testing.assert_close(F, F_stock, atol=1e-9, rtol=1e-9)
+    h = 1e-4
+    with torch.no_grad():
+        fd = (model(x + h * t_x, theta + h * t_theta, **cond)
+              - model(x - h * t_x, theta - h * t_theta, **cond)) / (2 * h)
+    assert float(tF.abs().max()) > 1e-3
+    assert float((fd - tF).norm() / tF.norm()) < 1e-2, float((fd - tF).norm() / tF.norm())

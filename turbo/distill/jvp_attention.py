@@ -9,7 +9,8 @@ transformer needs this attention to go through `torch.func.jvp`.
 * `attention_with_jvp` — a `torch.autograd.Function`: primal and backward by SDPA, forward-mode tangent by a JVP
   implementation with the reference's signature (the reference by default; a kernel can be passed in).
 * `JVPWanAttnProcessor`, `install_jvp_attention` / `remove_jvp_attention` / `using_jvp_attention` — route every
-  Wan attention call (self, text cross, I2V image cross) through it; installing returns the original processors.
+  Wan attention call (self, text cross, I2V image cross) through it — or every HunyuanVideo one (joint [video; text]
+  attention with its text-padding mask, the token refiner's); installing returns the original processors.
 
 Layout [B, S, H, D] (turbo's / diffusers' dispatch layout); q and k/v lengths may differ (cross-attention).
 """
@@ -27,7 +28,7 @@ from ..errors import TurboError
 
 __all__ = [
     "DEFAULT_CHUNK", "attention_reference", "jvp_attention_reference", "attention_backward_reference",
-    "JVPAttentionFunction", "attention_with_jvp", "JVPWanAttnProcessor", "install_jvp_attention",
+    "JVPAttentionFunction", "attention_with_jvp", "JVPWanAttnProcessor", "JVPAttnProcessor", "install_jvp_attention",
     "remove_jvp_attention", "using_jvp_attention",
 ]
 
@@ -54,14 +55,20 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
                          f"v {tuple(v.shape)} (batch, heads and q/k head dim must agree).")
 
 
+def _mask_rows(mask: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
+    return mask if mask is None or mask.shape[-2] == 1 else mask[..., rows, :]
+
+
 def jvp_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tq: torch.Tensor | None,
                             tk: torch.Tensor | None, tv: torch.Tensor | None, scale: float | None = None,
-                            chunk: int = DEFAULT_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+                            chunk: int = DEFAULT_CHUNK, mask: torch.Tensor | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
     """(O, tO) of softmax attention at (q, k, v) along (tq, tk, tv).
 
     q: [B, Sq, H, D]; k: [B, Sk, H, D]; v: [B, Sk, H, Dv]; a tangent may be None (zero). scale defaults to D^-½.
-    Chunked over query rows (`chunk` rows at a time), math in float32 (float64 stays float64). Both outputs are
-    [B, Sq, H, Dv] in q's dtype.
+    mask: None or boolean, broadcastable to [B, H, Sq, Sk], True = attend (SDPA's boolean `attn_mask`; every row
+    needs one True). Chunked over query rows (`chunk` rows at a time), math in float32 (float64 stays float64). Both
+    outputs are [B, Sq, H, Dv] in q's dtype.
     """
     _check(q, k, v)
     dtype = _math_dtype(q)
@@ -76,7 +83,10 @@ def jvp_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, t
     for start in range(0, Sq, max(1, int(chunk))):
         rows = slice(start, start + chunk)
         qc = qh[:, :, rows]
-        p = torch.softmax((qc @ kt) * scale, dim=-1)  # [B, H, c, Sk]
+        scores = (qc @ kt) * scale
+        if mask is not None:
+            scores = scores.masked_fill(~_mask_rows(mask, rows), float("-inf"))
+        p = torch.softmax(scores, dim=-1)  # [B, H, c, Sk]; masked keys get 0
         oc = p @ vh
         toc = torch.zeros_like(oc) if tvh is None else p @ tvh
         ts = None
@@ -119,8 +129,8 @@ def attention_backward_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     return tuple(x.transpose(1, 2).to(ref.dtype) for x, ref in ((dq, q), (dk, k), (dv, v)))
 
 
-def _sdpa(q, k, v, scale):
-    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+def _sdpa(q, k, v, scale, mask=None):
+    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
                                           scale=scale).transpose(1, 2)
 
 
@@ -132,19 +142,21 @@ class JVPAttentionFunction(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(q, k, v, scale, chunk, jvp_fn):
-        return _sdpa(q, k, v, scale)
+    def forward(q, k, v, scale, chunk, jvp_fn, mask):
+        return _sdpa(q, k, v, scale, mask)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        q, k, v, scale, chunk, jvp_fn = inputs
-        ctx.scale, ctx.chunk, ctx.jvp_fn = scale, chunk, jvp_fn
+        q, k, v, scale, chunk, jvp_fn, mask = inputs
+        ctx.scale, ctx.chunk, ctx.jvp_fn, ctx.mask = scale, chunk, jvp_fn, mask
         ctx.save_for_backward(q, k, v)
         ctx.save_for_forward(q, k, v)
 
     @staticmethod
-    def jvp(ctx, tq, tk, tv, _scale, _chunk, _jvp_fn):
+    def jvp(ctx, tq, tk, tv, _scale, _chunk, _jvp_fn, _mask):
         q, k, v = ctx.saved_tensors
+        if ctx.mask is not None:  # the Triton kernel takes no mask: the reference does
+            return jvp_attention_reference(q, k, v, tq, tk, tv, scale=ctx.scale, chunk=ctx.chunk, mask=ctx.mask)[1]
         return ctx.jvp_fn(q, k, v, tq, tk, tv, scale=ctx.scale, chunk=ctx.chunk)[1]
 
     @staticmethod
@@ -153,19 +165,23 @@ class JVPAttentionFunction(torch.autograd.Function):
         with torch.enable_grad():
             needs = ctx.needs_input_grad[:3]
             leaves = [x.detach().requires_grad_(need) for x, need in zip((q, k, v), needs, strict=True)]
-            out = _sdpa(*leaves, ctx.scale)
+            out = _sdpa(*leaves, ctx.scale, ctx.mask)
             wanted = [x for x in leaves if x.requires_grad]
             grads = iter(torch.autograd.grad(out, wanted, grad_out) if wanted else ())
-        return (*(next(grads) if x.requires_grad else None for x in leaves), None, None, None)
+        return (*(next(grads) if x.requires_grad else None for x in leaves), None, None, None, None)
 
 
 def attention_with_jvp(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
-                       chunk: int = DEFAULT_CHUNK, jvp_fn: JVPFn | None = None) -> torch.Tensor:
+                       chunk: int = DEFAULT_CHUNK, jvp_fn: JVPFn | None = None,
+                       mask: torch.Tensor | None = None) -> torch.Tensor:
     """Dense softmax attention [B, Sq, H, D] × [B, Sk, H, D] → [B, Sq, H, Dv] that `torch.func.jvp` and
-    `torch.autograd` both go through. `jvp_fn` defaults to `jvp_attention_reference`."""
+    `torch.autograd` both go through. `jvp_fn` defaults to `jvp_attention_reference`; `mask` (boolean, broadcastable
+    to [B, H, Sq, Sk], True = attend) sends the tangent through the reference."""
     _check(q, k, v)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    return JVPAttentionFunction.apply(q, k, v, scale, int(chunk), jvp_fn or jvp_attention_reference)
+    if mask is not None and mask.dtype != torch.bool:
+        raise TurboError(f"JVP attention takes a boolean mask (True = attend), got {mask.dtype}.")
+    return JVPAttentionFunction.apply(q, k, v, scale, int(chunk), jvp_fn or jvp_attention_reference, mask)
 
 
 # ---- Wan processor --------------------------------------------------------------------------------------------------
@@ -213,24 +229,87 @@ class JVPWanAttnProcessor:
         return attn.to_out[1](out)
 
 
-def install_jvp_attention(transformer: torch.nn.Module, *, chunk: int = DEFAULT_CHUNK,
-                          jvp_fn: JVPFn | None = None) -> dict:
-    """Put a `JVPWanAttnProcessor` on every attention module of a Wan transformer; returns the original processors
-    ({name: processor}) for `remove_jvp_attention`. Refuses other families and turbo's sparse methods."""
-    from ..adapters import METHOD_ATTR
+# ---- HunyuanVideo processors ----------------------------------------------------------------------------------------
+
+def _hunyuan_processor_class():
+    from ..adapters.hunyuan import TurboHunyuanVideoAttnProcessor
+
+    class JVPHunyuanVideoAttnProcessor(TurboHunyuanVideoAttnProcessor):
+        """HunyuanVideo's joint [video; text] attention (dual- and single-stream blocks) exactly as turbo's processor
+        computes it, the attention product by `attention_with_jvp` with the text-padding mask."""
+
+        def __init__(self, original=None, *, chunk: int = DEFAULT_CHUNK, jvp_fn: JVPFn | None = None):
+            self.original, self.chunk, self.jvp_fn = original, chunk, jvp_fn
+
+        def _self_attention(self, attn, q, k, v, attention_mask=None, num_video=None):
+            mask = None if attention_mask is None else attention_mask.bool()
+            return attention_with_jvp(q, k, v, chunk=self.chunk, jvp_fn=self.jvp_fn, mask=mask)
+
+    return JVPHunyuanVideoAttnProcessor
+
+
+class JVPAttnProcessor:
+    """diffusers' plain `AttnProcessor2_0` (q/k/v projections, optional QK norms, mask, output projection) with the
+    product by `attention_with_jvp`: HunyuanVideo's token refiner, whose input depends on the timestep too."""
+
+    def __init__(self, original=None, *, chunk: int = DEFAULT_CHUNK, jvp_fn: JVPFn | None = None):
+        self.original, self.chunk, self.jvp_fn = original, chunk, jvp_fn
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
+        if getattr(attn, "spatial_norm", None) is not None or getattr(attn, "group_norm", None) is not None \
+                or getattr(attn, "residual_connection", False) or hidden_states.ndim != 3:
+            raise TurboError("JVP attention supports plain diffusers Attention modules (no spatial / group norm, no "
+                             "residual connection, [B, S, C] inputs).")
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        query, key, value = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
+        query, key, value = (x.unflatten(2, (attn.heads, -1)) for x in (query, key, value))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        mask = None if attention_mask is None else attention_mask.bool()
+        out = attention_with_jvp(query, key, value, chunk=self.chunk, jvp_fn=self.jvp_fn, mask=mask)
+        out = attn.to_out[0](out.flatten(2, 3).type_as(query))
+        return attn.to_out[1](out) / attn.rescale_output_factor
+
+
+def _family(transformer: torch.nn.Module) -> str:
+    from ..adapters.hunyuan import HunyuanVideoAdapter
     from ..adapters.wan import WanAdapter
 
-    if type(transformer).__name__ not in WanAdapter.class_names:
-        raise TurboError(f"JVP attention supports {', '.join(WanAdapter.class_names)} for now, not "
-                         f"{type(transformer).__name__}.")
+    name = type(transformer).__name__
+    for adapter in (WanAdapter, HunyuanVideoAdapter):
+        if name in adapter.class_names:
+            return adapter.family
+    supported = (*WanAdapter.class_names, *HunyuanVideoAdapter.class_names)
+    raise TurboError(f"JVP attention supports {', '.join(supported)} for now, not {name}.")
+
+
+def _jvp_processors(family: str, originals: dict, chunk: int, jvp_fn: JVPFn | None) -> dict:
+    if family == "wan":
+        return {k: JVPWanAttnProcessor(p, chunk=chunk, jvp_fn=jvp_fn) for k, p in originals.items()}
+    from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
+
+    joint = _hunyuan_processor_class()
+    return {k: joint(p, chunk=chunk, jvp_fn=jvp_fn) if isinstance(p, HunyuanVideoAttnProcessor2_0)
+            else JVPAttnProcessor(p, chunk=chunk, jvp_fn=jvp_fn) for k, p in originals.items()}
+
+
+def install_jvp_attention(transformer: torch.nn.Module, *, chunk: int = DEFAULT_CHUNK,
+                          jvp_fn: JVPFn | None = None) -> dict:
+    """Put JVP processors on every attention module of a Wan (`JVPWanAttnProcessor`) or HunyuanVideo (joint blocks
+    and token refiner) transformer; returns the original processors ({name: processor}) for `remove_jvp_attention`.
+    Refuses other families and turbo's sparse methods."""
+    from ..adapters import METHOD_ATTR
+
+    family = _family(transformer)
     for name, module in transformer.named_modules():
         method = getattr(module, METHOD_ATTR, None)
         if method is not None:
             raise TurboError(f"JVP needs dense attention for now: {name} runs turbo's {type(method).__name__}; "
                              "call turbo.restore(pipe) before distilling.")
     originals = dict(transformer.attn_processors)
-    transformer.set_attn_processor({name: JVPWanAttnProcessor(proc, chunk=chunk, jvp_fn=jvp_fn)
-                                    for name, proc in originals.items()})
+    transformer.set_attn_processor(_jvp_processors(family, originals, chunk, jvp_fn))
     return originals
 
 
