@@ -197,16 +197,24 @@ def test_bad_sampler_configs_fail_with_one_sentence(overrides, words):
     assert words in str(error.value) and "\n" not in str(error.value)
 
 
-def test_a_transformer_alone_and_hunyuanvideo_are_refused(pipe):
+def test_a_transformer_alone_is_refused_and_hunyuanvideo_samples_its_steps(pipe):
     with pytest.raises(turbo.TurboConfigError, match="has none; accelerate the pipeline") as error:
         turbo.accelerate(pipe.transformer, sampler="rcm")
     assert "\n" not in str(error.value)
     hunyuan = build("hunyuan-t2v")
     original = hunyuan.scheduler
-    with pytest.raises(turbo.TurboConfigError, match="supports Wan pipelines") as error:
-        turbo.accelerate(hunyuan, sampler="rcm")
-    assert "\n" not in str(error.value) and "HunyuanVideoPipeline" in str(error.value)
-    assert hunyuan.scheduler is original and not hasattr(hunyuan, "turbo")
+    turbo.accelerate(hunyuan, sampler="rcm", steps=3)
+    calls = []
+    handle = hunyuan.transformer.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:  # HunyuanVideoPipeline passes its own sigma grid: rCM keeps its step count (3), not its values
+        frames = run(hunyuan, "hunyuan-t2v", num_inference_steps=3)
+    finally:
+        handle.remove()
+    assert len(calls) == 3 and np.isfinite(frames).all() and frames.std() > 0
+    with pytest.raises(ValueError, match="1 to 4 steps"):
+        run(hunyuan, "hunyuan-t2v", num_inference_steps=50)
+    turbo.restore(hunyuan)
+    assert hunyuan.scheduler is original
 
 
 def test_pipeline_save_and_load_keeps_the_rcm_scheduler(pipe, tmp_path):

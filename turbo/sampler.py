@@ -19,8 +19,9 @@ from .registry import Feature, register_feature
 from .schedulers.grid import rcm_angles
 
 SAMPLER_MODES = ("default", "rcm")
-RCM_FAMILIES = ("wan",)  # adapter families whose pipelines the rCM sampler supports
-RCM_SUPPORTED = "Wan pipelines (WanPipeline, WanImageToVideoPipeline, Wan2.2 with transformer_2)"
+RCM_FAMILIES = ("wan", "hunyuanvideo")  # adapter families whose pipelines the rCM sampler supports
+RCM_SUPPORTED = ("Wan pipelines (WanPipeline, WanImageToVideoPipeline, Wan2.2 with transformer_2) and "
+                 "HunyuanVideoPipeline")
 MAX_SEED = 2**32 - 1
 
 

@@ -73,7 +73,13 @@ __all__ = ["DistillResult", "distill", "check_teacher", "SUPPORTED_TEACHERS"]
 
 logger = logging.getLogger("turbo")
 
-SUPPORTED_TEACHERS = "Wan2.1-style text-to-video pipelines (WanPipeline with one WanTransformer3DModel)"
+SUPPORTED_TEACHERS = ("Wan2.1-style text-to-video pipelines (WanPipeline with one WanTransformer3DModel) and, for "
+                      "mode 'rcm', HunyuanVideo text-to-video pipelines without guidance embedding")
+# cached text tensors -> the transformer's keyword arguments, per teacher family
+TEXT_KWARGS = {"wan": {"prompt_embeds": "encoder_hidden_states"},
+               "hunyuanvideo": {"prompt_embeds": "encoder_hidden_states",
+                                "prompt_attention_mask": "encoder_attention_mask",
+                                "pooled_prompt_embeds": "pooled_projections"}}
 DENSE_JVP_NOTE = ("the sCM tangent (JVP) runs with the student's attention dense: turbo's sparse methods have no "
                   "forward-mode (JVP) path yet, so only the with-gradient forward and the DMD simulation use SLA")
 _THETA_MIN = 1e-3  # smallest TrigFlow angle drawn (F = (cos θ·x − x0)/sin θ)
@@ -94,9 +100,11 @@ class DistillResult:
     notes: list[str]
 
 
-def check_teacher(pipe) -> torch.nn.Module:
-    """The teacher transformer of a supported pipeline; anything else raises `UnsupportedModelError` (one sentence)."""
+def teacher_family(pipe) -> str:
+    """'wan' or 'hunyuanvideo' for a supported teacher pipeline; anything else raises `UnsupportedModelError` (one
+    sentence)."""
     from turbo.adapters import find_transformers
+    from turbo.adapters.hunyuan import HunyuanVideoAdapter
     from turbo.adapters.wan import WanAdapter
 
     name = type(pipe).__name__
@@ -104,11 +112,23 @@ def check_teacher(pipe) -> torch.nn.Module:
         found = find_transformers(pipe)
     except TurboError:
         found = []
-    if (len(found) != 1 or type(found[0][1]).__name__ not in WanAdapter.class_names
-            or getattr(pipe, "transformer_2", None) is not None or "ImageToVideo" in name):
-        raise UnsupportedModelError(f"distillation supports {SUPPORTED_TEACHERS} for now, not {name} "
-                                    "(HunyuanVideo, Wan2.2 two-expert and I2V teachers come later).")
-    return found[0][1]
+    kind = type(found[0][1]).__name__ if len(found) == 1 else None
+    config = getattr(found[0][1], "config", {}) if found else {}
+    plain_t2v = getattr(pipe, "transformer_2", None) is None and "ImageToVideo" not in name
+    if plain_t2v and kind in WanAdapter.class_names:
+        return "wan"
+    if plain_t2v and kind in HunyuanVideoAdapter.class_names and not config.get("guidance_embeds", False):
+        return "hunyuanvideo"
+    raise UnsupportedModelError(f"distillation supports {SUPPORTED_TEACHERS} for now, not {name} "
+                                "(guidance-embedded HunyuanVideo, Wan2.2 two-expert and I2V teachers come later).")
+
+
+def check_teacher(pipe) -> torch.nn.Module:
+    """The teacher transformer of a supported pipeline; anything else raises `UnsupportedModelError` (one sentence)."""
+    from turbo.adapters import find_transformers
+
+    teacher_family(pipe)
+    return find_transformers(pipe)[0][1]
 
 
 # ------------------------------------------------------------------------------------------------------------- data
@@ -128,18 +148,38 @@ def _batch(data, config: DistillConfig, step: int, micro: int, rank: int, world:
     for position in range(start, start + config.batch_size):
         epoch, offset = divmod(position, n)
         items.append(data[int(_data_order(n, config.seed, epoch)[offset])])
-    latents = torch.stack([torch.as_tensor(i["latents"]) for i in items]).to(device, torch.float32)
-    embeds = torch.stack([torch.as_tensor(i["prompt_embeds"]) for i in items]).to(device, torch.float32)
-    return {"latents": latents, "prompt_embeds": embeds}
+    batch = {"latents": torch.stack([torch.as_tensor(i["latents"]) for i in items]).to(device, torch.float32)}
+    for key in ("prompt_embeds", "pooled_prompt_embeds", "prompt_attention_mask"):
+        if key in items[0]:
+            stacked = torch.stack([torch.as_tensor(i[key]) for i in items]).to(device)
+            batch[key] = stacked if key == "prompt_attention_mask" else stacked.float()
+    return batch
+
+
+def _text_kwargs(family: str, tensors: dict) -> dict:
+    """The transformer's text keyword arguments from cached text tensors (`TEXT_KWARGS`)."""
+    return {arg: tensors[key] for key, arg in TEXT_KWARGS[family].items()}
+
+
+def _negative_text(data, batch: int, device) -> dict:
+    """The cache's negative-prompt text tensors, expanded to `batch` rows (float32; masks stay integer)."""
+    neg = dict(getattr(data, "negative", None) or {})
+    if "prompt_embeds" not in neg and getattr(data, "negative_prompt_embeds", None) is not None:
+        neg["prompt_embeds"] = data.negative_prompt_embeds
+    if "prompt_embeds" not in neg:
+        raise TurboConfigError("the latent cache has no negative_prompt_embeds, needed for the teacher's CFG; rebuild "
+                               "it with turbo.distill.data (or set guidance: 1).")
+    out = {}
+    for key, value in neg.items():
+        value = torch.as_tensor(value).to(device)
+        value = value if key == "prompt_attention_mask" else value.float()
+        out[key] = (value if value.ndim == (3 if key == "prompt_embeds" else 2) else value[None]).expand(
+            batch, *value.shape[-(2 if key == "prompt_embeds" else 1):])
+    return out
 
 
 def _negative(data, batch: int, device) -> torch.Tensor:
-    neg = getattr(data, "negative_prompt_embeds", None)
-    if neg is None:
-        raise TurboConfigError("the latent cache has no negative_prompt_embeds, needed for the teacher's CFG; rebuild "
-                               "it with turbo.distill.data (or set guidance: 1).")
-    neg = torch.as_tensor(neg).to(device, torch.float32)
-    return (neg if neg.ndim == 3 else neg[None]).expand(batch, -1, -1)
+    return _negative_text(data, batch, device)["prompt_embeds"]
 
 
 # ------------------------------------------------------------------------------------------------------ the models
@@ -332,6 +372,10 @@ class _Run:
         self.device = accelerator.device
         self.notes: list[str] = []
         teacher = check_teacher(pipe)
+        self.family = teacher_family(pipe)
+        if self.family != "wan" and config.mode != "rcm":
+            raise UnsupportedModelError(f"mode {config.mode!r} fine-tunes Wan teachers for now; a HunyuanVideo teacher "
+                                        "distils with mode 'rcm'.")
         if len(data) == 0:
             raise TurboConfigError("the latent cache is empty; build it first (turbo.distill.data).")
         self.teacher_net = teacher.requires_grad_(False).eval().to(self.device)
@@ -471,10 +515,11 @@ class _Run:
     # ---- pieces
 
     def _cond(self, batch) -> tuple[dict, dict]:
-        cond = {"encoder_hidden_states": batch["prompt_embeds"]}
+        cond = _text_kwargs(self.family, batch)
         if self.config.guidance == 1.0:
             return cond, cond
-        return cond, {"encoder_hidden_states": _negative(self.data, batch["prompt_embeds"].shape[0], self.device)}
+        negative = _negative_text(self.data, batch["prompt_embeds"].shape[0], self.device)
+        return cond, _text_kwargs(self.family, negative)
 
     @torch.no_grad()
     def _teacher_cfg(self, x, theta, cond, uncond):
@@ -683,8 +728,9 @@ class _Run:
         cfg, pipe = self.config, self.pipe
         item = self.data[0]
         C, Fr, H, W = tuple(torch.as_tensor(item["latents"]).shape)
-        embeds = torch.as_tensor(item["prompt_embeds"])[None].to(self.device, self.teacher.dtype)
-        kwargs = dict(prompt_embeds=embeds, num_inference_steps=cfg.sample_steps, output_type="np",
+        text = {k: torch.as_tensor(item[k])[None].to(self.device) for k in TEXT_KWARGS[self.family] if k in item}
+        text = {k: v if k == "prompt_attention_mask" else v.to(self.teacher.dtype) for k, v in text.items()}
+        kwargs = dict(**text, num_inference_steps=cfg.sample_steps, output_type="np",
                       height=H * pipe.vae_scale_factor_spatial, width=W * pipe.vae_scale_factor_spatial,
                       num_frames=(Fr - 1) * pipe.vae_scale_factor_temporal + 1,
                       generator=torch.Generator().manual_seed(cfg.seed))
@@ -692,7 +738,8 @@ class _Run:
         if cfg.rcm:
             pipe.scheduler = RCMScheduler(num_steps=cfg.sample_steps, sigma_max=cfg.sigma_max,
                                           mid_t=cfg.mid_angles())
-            kwargs["guidance_scale"] = 1.0
+            if self.family == "wan":  # (HunyuanVideo's true CFG is off unless true_cfg_scale > 1)
+                kwargs["guidance_scale"] = 1.0
         else:
             kwargs.update(guidance_scale=cfg.guidance,
                           negative_prompt_embeds=_negative(self.data, 1, self.device).to(self.teacher.dtype))

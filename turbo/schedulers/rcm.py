@@ -111,10 +111,13 @@ class RCMScheduler(SchedulerMixin, ConfigMixin):
         self._begin_index = begin_index
 
     def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
-                      **_unused) -> None:
-        """Prepare one generation of `num_inference_steps` steps (None: the configured `num_steps`). rCM runs 1 to
-        len(mid_t) + 1 steps; another count raises `ValueError` (one sentence) before any model call."""
+                      sigmas=None, **_unused) -> None:
+        """Prepare one generation of `num_inference_steps` steps (None: the configured `num_steps`, or as many steps
+        as `sigmas` has — HunyuanVideoPipeline passes its own sigma grid, of which rCM keeps only the count). rCM runs
+        1 to len(mid_t) + 1 steps; another count raises `ValueError` (one sentence) before any model call."""
         most = len(self.config.mid_t) + 1
+        if num_inference_steps is None and sigmas is not None:
+            num_inference_steps = len(sigmas)
         steps = self.config.num_steps if num_inference_steps is None else num_inference_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= most:
             raise ValueError(
