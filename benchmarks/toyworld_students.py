@@ -4,7 +4,8 @@
         [--gpus 0] [--cache DIR [--wait-cache]] [--cache-count 2048] [--eval-prompts 200] [--teacher-eval]
 
 1. The latent cache (`turbo.distill.data.cache_toyworld`: ToyWorld clips through the teacher's VAE and text encoder,
-   256², 17 frames, seed 0) in ``OUT/cache`` unless it is there.
+   256², 17 frames, seed 0) in ``OUT/cache`` unless it is there (runs on the HunyuanVideo teacher: ``OUT/cache-
+   hunyuan-t2v``).
 2. Every run in --runs at once, each its own `python -m turbo.distill` process with a --minutes wall-time budget
    (round-robin over --gpus: the ToyWorld model is tiny, several runs share one GPU); logs in ``OUT/NAME.log``, the
    exported student in ``OUT/NAME/student``.
@@ -30,6 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TEACHER = "models/toyworld/wan-t2v"
+HUNYUAN = "models/toyworld/hunyuan-t2v"  # runs whose overrides name it train on their own cache (its VAE and text)
 RCM = "examples/distill_toyworld.yaml"
 SLA = "examples/distill_toyworld_sla.yaml"
 TD_SLA = "{method: sla, keep: 0.1, linear: all, topk_rule: floor}"
@@ -60,6 +62,8 @@ RUNS = {
     "rcm-sla-t16-cont": (RCM, {**B64, "mode": "rcm+sla", "attention": TD_SLA_T16, "lr": "3.0e-5", "fake_lr": "6.0e-6",
                                "student_from": "runs/rcm-sla-t16-init/student"}),
     "sla5-t16-cont": (SLA, {**B64, "lr": "2.0e-4", "attention": SLA5_T16, "student_from": "runs/sla5-t16/student"}),
+    # HunyuanVideo ToyWorld teacher (true CFG 5, no guidance embedding), rCM 4 steps
+    "hunyuan-rcm": (RCM, {**B64, "teacher": HUNYUAN, "lr": "3.0e-5", "fake_lr": "6.0e-6"}),
     "sla5-b64": (SLA, {**B64, "lr": "2.0e-4"}),
     "sla5-t16": (SLA, {**B64, "lr": "2.0e-4", "attention": SLA5_T16}),
 }
@@ -89,7 +93,16 @@ def _wait(jobs: dict[str, tuple[subprocess.Popen, Path]]) -> dict[str, int]:
     return codes
 
 
-def build_cache(cache: Path, count: int, gpu: str | None, wait: bool = False) -> Path:
+def _teacher(name: str) -> str:
+    return RUNS[name][1].get("teacher", TEACHER)
+
+
+def _cache_for(cache: Path, teacher: str) -> Path:
+    """The latent cache of `teacher`: `cache` for the Wan teacher, a sibling ``<cache>-<teacher dir name>`` else."""
+    return cache if teacher == TEACHER else cache.with_name(f"{cache.name}-{Path(teacher).name}")
+
+
+def build_cache(cache: Path, count: int, gpu: str | None, wait: bool = False, teacher: str = TEACHER) -> Path:
     """Build the cache unless it is there; `wait`: another process builds it, wait for it (up to 10 minutes)."""
     if wait:
         for _ in range(600):
@@ -99,13 +112,14 @@ def build_cache(cache: Path, count: int, gpu: str | None, wait: bool = False) ->
     if (cache / "checksums.json").is_file():
         return cache
     out = cache.parent
-    code = ("import torch; from diffusers import WanPipeline; from turbo.distill.data import cache_toyworld; "
-            f"pipe = WanPipeline.from_pretrained({TEACHER!r}, dtype=torch.float32).to("
+    code = ("import torch; from diffusers import DiffusionPipeline; from turbo.distill.data import cache_toyworld; "
+            f"pipe = DiffusionPipeline.from_pretrained({teacher!r}, dtype=torch.float32).to("
             "'cuda' if torch.cuda.is_available() else 'cpu'); "
             f"cache_toyworld(pipe, {count}, {str(cache)!r}, seed=0, batch_size=32, progress=False)")
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    if _wait({"cache": (_start(_python("-c", code), out / "cache.log", gpu), out / "cache.log")})["cache"]:
+    log = out / f"{cache.name}.log"
+    if _wait({"cache": (_start(_python("-c", code), log, gpu), log)})["cache"]:
         raise SystemExit("the latent cache failed")
     print(f"cache: {count} clips in {time.perf_counter() - t0:.0f} s", flush=True)
     return cache
@@ -115,7 +129,8 @@ def train(out: Path, names: list[str], cache: Path, minutes: float, gpus: list[s
     jobs = {}
     for i, name in enumerate(names):
         config, overrides = RUNS[name]
-        sets = {"teacher": TEACHER, "data": str(cache), "minutes": str(minutes), "steps": "1000000",
+        sets = {"teacher": TEACHER, "data": str(_cache_for(cache, _teacher(name))), "minutes": str(minutes),
+                "steps": "1000000",
                 "show_progress": "false",
                 "sample_every": "0", **({"mixed_precision": "no"} if gpus == [None] else {}), **overrides}
         argv = _python("-m", "turbo.distill", "--config", config, "--out", str(out / name),
@@ -124,8 +139,9 @@ def train(out: Path, names: list[str], cache: Path, minutes: float, gpus: list[s
     return _wait(jobs)
 
 
-def _accuracy_argv(out: Path, tag: str, extra: list[str], prompts: int, gpu: str | None, save: bool) -> list[str]:
-    argv = _python("-m", "pipelines.toyworld", "accuracy", "--model", TEACHER, "--prompts", str(prompts),
+def _accuracy_argv(out: Path, tag: str, extra: list[str], prompts: int, gpu: str | None, save: bool,
+                   teacher: str = TEACHER) -> list[str]:
+    argv = _python("-m", "pipelines.toyworld", "accuracy", "--model", teacher, "--prompts", str(prompts),
                    "--frames", "17", "--batch-size", "25", "--device", "cuda" if gpu is not None else "cpu",
                    "--dtype", "stored", "--json", str(out / "eval" / f"{tag}.json"), *extra)
     if save:
@@ -150,9 +166,11 @@ def _run_limited(specs: dict[str, tuple[list[str], str | None]], out: Path, limi
 def evaluate(out: Path, names: list[str], prompts: int, gpus: list[str], teacher: bool, limit: int = 3,
              teacher_videos: Path | None = None) -> dict:
     jobs = {}
-    if teacher:
-        jobs["teacher"] = (_accuracy_argv(out, "teacher", ["--steps", "50", "--guidance", "5"], prompts, gpus[0],
-                                          True), gpus[0])
+    refs = {}  # teacher dir -> its judge tag (its saved videos are the PSNR reference of its students)
+    for t in (sorted({_teacher(n) for n in names}) if teacher else []):
+        refs[t] = "teacher" if t == TEACHER else f"teacher-{Path(t).name}"
+        jobs[refs[t]] = (_accuracy_argv(out, refs[t], ["--steps", "50", "--guidance", "5"], prompts, gpus[0], True,
+                                        teacher=t), gpus[0])
     for i, name in enumerate(names):
         student = out / name / "student"
         if not (student / "config.json").is_file():
@@ -162,18 +180,21 @@ def evaluate(out: Path, names: list[str], prompts: int, gpus: list[str], teacher
         for steps in ((4, 2, 1) if rcm else (50,)):
             tag = f"{name}-{steps}step"
             jobs[tag] = (_accuracy_argv(out, tag, ["--transformer", str(student), "--steps", str(steps)], prompts,
-                                        gpu, not rcm or steps == 4), gpu)
+                                        gpu, not rcm or steps == 4, teacher=_teacher(name)), gpu)
     _run_limited(jobs, out, limit * len(gpus))
     results = {}
     for tag in jobs:
         path = out / "eval" / f"{tag}.json"
         if path.is_file():
             results[tag] = json.loads(path.read_text())[0]
-    ref = (out / "eval" / "teacher-videos" / "cfg5") if teacher else teacher_videos
-    if ref is not None and Path(ref).is_dir():
-        for tag in results:
+    for name in names:
+        t = _teacher(name)
+        ref = (out / "eval" / f"{refs[t]}-videos" / "cfg5") if teacher else (teacher_videos if t == TEACHER else None)
+        if ref is None or not Path(ref).is_dir():
+            continue
+        for tag in [f"{name}-{steps}step" for steps in (4, 2, 1, 50) if f"{name}-{steps}step" in results]:
             videos = out / "eval" / f"{tag}-videos"
-            if tag != "teacher" and videos.is_dir():
+            if videos.is_dir():
                 cand = next(videos.iterdir())
                 proc = subprocess.run(_python("-m", "pipelines.toyworld", "psnr", str(cand), str(ref)), cwd=ROOT,
                                       capture_output=True, text=True)
@@ -221,7 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"runs": {n: {"config": RUNS[n][0], "overrides": RUNS[n][1]} for n in names},
                "minutes": args.minutes, "command": shlex.join([sys.argv[0], *(argv or sys.argv[1:])])}
     if not args.eval_only:
-        cache = build_cache(Path(args.cache or out / "cache").resolve(), args.cache_count, gpus[0], args.wait_cache)
+        cache = Path(args.cache or out / "cache").resolve()
+        for teacher in sorted({_teacher(n) for n in names}):
+            # --wait-cache: another process builds the Wan teacher's cache; other teachers' caches are built here
+            build_cache(_cache_for(cache, teacher), args.cache_count, gpus[0], args.wait_cache and teacher == TEACHER,
+                        teacher)
         summary["train_exit_codes"] = train(out, names, cache, args.minutes, gpus)
         print(f"training done at {time.perf_counter() - t0:.0f} s", flush=True)
     if args.eval_prompts:
