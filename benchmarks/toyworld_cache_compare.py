@@ -4,6 +4,8 @@ MagCache, same prompts and seeds, against the uncached teacher.
     python benchmarks/toyworld_cache_compare.py [--prompts 8] [--steps 50] [--guidance 5] [--frames 17]
         [--configs none,tdc,fbc,mag] [--fbc-threshold 0.05] [--json FILE]
 
+A config may name its threshold: ``tdc@0.1``, ``fbc@0.1`` (a threshold sweep: ``--configs none,tdc@0.03,tdc,tdc@0.1``).
+
 Per config: the fraction of transformer-block computations skipped (counted by hooks on every block's feed-forward,
 so the three caches are counted the same way), mean same-seed PSNR against the uncached videos, the judge's accuracy,
 seconds per video (meaningful only on an otherwise idle machine). MagCache needs magnitude ratios for the model:
@@ -119,10 +121,13 @@ def _config(name, pipe, first, kwargs, args):
 
     if name == "none":
         return nothing, nothing
+    name, _, value = name.partition("@")  # "tdc@0.1" / "fbc@0.1": that threshold
     if name == "tdc":
-        return (lambda: turbo.accelerate(pipe, cache="tdc")), (lambda: turbo.restore(pipe))
+        options = {"cache_threshold": float(value)} if value else {}
+        return (lambda: turbo.accelerate(pipe, cache="tdc", **options)), (lambda: turbo.restore(pipe))
     if name == "fbc":
-        return (lambda: pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=args.fbc_threshold))), \
+        threshold = float(value) if value else args.fbc_threshold
+        return (lambda: pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))), \
             pipe.transformer.disable_cache
     if name == "mag":
         def calibrate_then_enable():
