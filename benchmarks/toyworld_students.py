@@ -62,6 +62,12 @@ RUNS = {
     "rcm-sla-t16-cont": (RCM, {**B64, "mode": "rcm+sla", "attention": TD_SLA_T16, "lr": "3.0e-5", "fake_lr": "6.0e-6",
                                "student_from": "runs/rcm-sla-t16-init/student"}),
     "sla5-t16-cont": (SLA, {**B64, "lr": "2.0e-4", "attention": SLA5_T16, "student_from": "runs/sla5-t16/student"}),
+    # SLA2 keep 3 %: stage 1 (router + α on captured Q/K/V, SoftTop-k), then stage 2 (hard top-k + QAT, whole model)
+    # from stage 1's export, in a second wave; 32-key tiles (the quantized SLA2 kernel is tested at block_k 32)
+    "sla2-s1": (SLA, {**B64, "mode": "sla2-stage1", "lr": "1.0e-3",
+                      "attention": "{method: sla2, keep: 0.03, soft_topk: true, block_q: 32, block_k: 32}"}),
+    "sla2-s2": (SLA, {**B64, "mode": "sla2-stage2", "lr": "2.0e-4", "init_from": "{out}/sla2-s1/student",
+                      "attention": "{method: sla2, keep: 0.03, quantized: true, block_q: 32, block_k: 32}"}),
     # HunyuanVideo ToyWorld teacher (true CFG 5, no guidance embedding), rCM 4 steps
     "hunyuan-rcm": (RCM, {**B64, "teacher": HUNYUAN, "lr": "3.0e-5", "fake_lr": "6.0e-6"}),
     "sla5-b64": (SLA, {**B64, "lr": "2.0e-4"}),
@@ -125,18 +131,36 @@ def build_cache(cache: Path, count: int, gpu: str | None, wait: bool = False, te
     return cache
 
 
+def _after(name: str) -> str | None:
+    """The run whose export `name` starts from (an override holding ``{out}/RUN/student``), or None."""
+    for value in RUNS[name][1].values():
+        if isinstance(value, str) and value.startswith("{out}/"):
+            return value.split("/")[1]
+    return None
+
+
 def train(out: Path, names: list[str], cache: Path, minutes: float, gpus: list[str]) -> dict[str, int]:
-    jobs = {}
-    for i, name in enumerate(names):
-        config, overrides = RUNS[name]
-        sets = {"teacher": TEACHER, "data": str(_cache_for(cache, _teacher(name))), "minutes": str(minutes),
-                "steps": "1000000",
-                "show_progress": "false",
-                "sample_every": "0", **({"mixed_precision": "no"} if gpus == [None] else {}), **overrides}
-        argv = _python("-m", "turbo.distill", "--config", config, "--out", str(out / name),
-                       *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")])
-        jobs[name] = (_start(argv, out / f"{name}.log", gpus[i % len(gpus)]), out / f"{name}.log")
-    return _wait(jobs)
+    """Every run at once, except runs that start from another run's export: those start when it has finished (each
+    wave gets `minutes`)."""
+    codes: dict[str, int] = {}
+    pending = list(names)
+    while pending:
+        wave = [n for n in pending if _after(n) is None or _after(n) in codes or _after(n) not in names]
+        if not wave:
+            raise SystemExit(f"runs {pending} wait on each other")
+        jobs = {}
+        for i, name in enumerate(wave):
+            config, overrides = RUNS[name]
+            overrides = {k: v.replace("{out}", str(out)) for k, v in overrides.items()}
+            sets = {"teacher": TEACHER, "data": str(_cache_for(cache, _teacher(name))), "minutes": str(minutes),
+                    "steps": "1000000", "show_progress": "false", "sample_every": "0",
+                    **({"mixed_precision": "no"} if gpus == [None] else {}), **overrides}
+            argv = _python("-m", "turbo.distill", "--config", config, "--out", str(out / name),
+                           *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")])
+            jobs[name] = (_start(argv, out / f"{name}.log", gpus[i % len(gpus)]), out / f"{name}.log")
+        codes.update(_wait(jobs))
+        pending = [n for n in pending if n not in codes]
+    return codes
 
 
 def _accuracy_argv(out: Path, tag: str, extra: list[str], prompts: int, gpu: str | None, save: bool,
