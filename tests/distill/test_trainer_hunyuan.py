@@ -14,25 +14,6 @@ from turbo.distill.trainer import distill
 from turbo.errors import UnsupportedModelError
 
 
-@pytest.fixture(scope="module")
-def hunyuan():
-    from pipelines import tiny
-
-    pipe = tiny.build_hunyuan_t2v(guidance_embeds=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture(scope="module")
-def hunyuan_cache(hunyuan, tmp_path_factory):
-    from turbo.distill.data import LatentCache, cache_toyworld
-
-    directory = tmp_path_factory.mktemp("hcache")
-    cache_toyworld(hunyuan, 4, directory, height=64, width=64, num_frames=9, max_sequence_length=16,
-                   dtype=torch.float32, progress=False, overwrite=True)
-    return LatentCache(directory)
-
-
 def test_rcm_on_a_hunyuanvideo_teacher_trains_and_exports_a_student_that_samples(hunyuan, hunyuan_cache, tmp_path):
     from diffusers import HunyuanVideoPipeline, HunyuanVideoTransformer3DModel
 
