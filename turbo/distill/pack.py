@@ -138,7 +138,9 @@ def pack_student(student_dir, base_dir, out_dir, max_error: float = BF16_ERROR) 
             with (tmp / "README.md").open("a") as card:
                 card.write(f"\n## Packed\n\nStored by `turbo.distill.pack` as the difference from {metadata['base']} "
                            f"(tensors by bits {dict(sorted(counts.items()))}, 0 = as is; relative error "
-                           f"{error:.2e}; bf16's own rounding: {BF16_ERROR:.1e}); loading unpacks it once.\n")
+                           f"{error:.2e}; bf16's own rounding: {BF16_ERROR:.1e}). `from_pretrained` cannot read this "
+                           "directory itself: load `turbo.distill.pack.student_dir(this directory)` (unpacked once), "
+                           "or give it to turbo's registry, `--transformer` or `student_from`.\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
