@@ -170,11 +170,10 @@ def _negative_text(data, batch: int, device) -> dict:
         raise TurboConfigError("the latent cache has no negative_prompt_embeds, needed for the teacher's CFG; rebuild "
                                "it with turbo.distill.data (or set guidance: 1).")
     out = {}
-    for key, value in neg.items():
+    for key, value in neg.items():  # stored with a batch of 1: [1, L, D], [1, P], [1, L]
         value = torch.as_tensor(value).to(device)
-        value = value if key == "prompt_attention_mask" else value.float()
-        out[key] = (value if value.ndim == (3 if key == "prompt_embeds" else 2) else value[None]).expand(
-            batch, *value.shape[-(2 if key == "prompt_embeds" else 1):])
+        value = value[None] if key == "prompt_embeds" and value.ndim == 2 else value
+        out[key] = (value if key == "prompt_attention_mask" else value.float()).expand(batch, *value.shape[1:])
     return out
 
 
