@@ -4,7 +4,8 @@ MagCache, same prompts and seeds, against the uncached teacher.
     python benchmarks/toyworld_cache_compare.py [--prompts 8] [--steps 50] [--guidance 5] [--frames 17]
         [--configs none,tdc,fbc,mag] [--fbc-threshold 0.05] [--json FILE]
 
-A config may name its threshold: ``tdc@0.1``, ``fbc@0.1`` (a threshold sweep: ``--configs none,tdc@0.03,tdc,tdc@0.1``).
+A config may name its threshold: ``tdc@0.1``, ``fbc@0.1``, ``mag@0.12`` (a threshold sweep: ``--configs
+none,tdc@0.03,tdc,tdc@0.1``).
 
 Per config: the fraction of transformer-block computations skipped (counted by hooks on every block's feed-forward,
 so the three caches are counted the same way), mean same-seed PSNR against the uncached videos, the judge's accuracy,
@@ -146,7 +147,9 @@ def _config(name, pipe, first, kwargs, args):
             if not lists:
                 raise SystemExit("MagCache calibration printed no ratios in this diffusers version")
             print(f"MagCache ratios calibrated on {first[0]!r}: {len(lists)} list(s) of {len(lists[0])}", flush=True)
-            pipe.transformer.enable_cache(MagCacheConfig(mag_ratios=lists[0], num_inference_steps=args.steps))
+            threshold = {"threshold": float(value)} if value else {}
+            pipe.transformer.enable_cache(MagCacheConfig(mag_ratios=lists[0], num_inference_steps=args.steps,
+                                                         **threshold))
 
         return calibrate_then_enable, pipe.transformer.disable_cache
     raise SystemExit(f"unknown cache config {name!r}; known: none, tdc, fbc, mag")
