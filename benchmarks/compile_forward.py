@@ -8,6 +8,9 @@ Variants (pick with --variants, comma-separated):
   sla-regional     turbo SLA + compile="regional"
   sla-full         turbo SLA + compile="full"
   sla2-regional    turbo SLA2 keep --keep2 + compile="regional"
+  lowbit-regional  turbo low-bit dense attention (INT8 QK, FP8 PV) + compile="regional"
+  dense-regional   turbo with dense attention + compile="regional" (the baseline for quantisation alone)
+  NAME+fp8 / +int8 any turbo variant above with quant="fp8" / "int8" (W8A8 linears in the blocks)
   loop             50 steps x CFG (cond/uncond cache contexts, falling timesteps) with SLA, dense_steps=10,
                    compile="regional": graphs compiled over the whole loop and its transformer time
   cudagraphs       a 4-step loop (no CFG) with SLA: compile="regional", "full", and "full" + CUDA graphs
@@ -113,6 +116,8 @@ def main() -> int:
     outputs = {}
 
     def run_variant(name: str):
+        label = name
+        name, _, quant = name.partition("+")
         torch._dynamo.reset()
         from torch._dynamo.utils import counters
 
@@ -127,15 +132,19 @@ def main() -> int:
                 outputs[name] = forward().float()
             finally:
                 uncompile(model)
-        elif name in ("sla", "sla-regional", "sla-full", "sla2-regional"):
-            options = dict(sla) if name.startswith("sla-") or name == "sla" else {
-                "attention": "sla2", "keep": args.keep2, "allow_untuned": True}
+        elif name in ("sla", "sla-regional", "sla-full", "sla2-regional", "lowbit-regional", "dense-regional"):
+            method = name.split("-")[0]
+            options = dict(sla) if method == "sla" else {"attention": method, "allow_untuned": True}
+            if method == "sla2":
+                options["keep"] = args.keep2
             if "-" in name:
                 options["compile"] = name.split("-")[1]
+            if quant:
+                options["quant"] = quant
             turbo.accelerate(model, **options)
             try:
                 row = time_calls(forward, args.reps)
-                outputs[name] = forward().float()
+                outputs[label] = forward().float()
             finally:
                 turbo.restore(model)
         elif name == "loop":
@@ -185,6 +194,7 @@ def main() -> int:
                     outputs["loop-regional"] = outs
         else:
             raise SystemExit(f"unknown variant {name}")
+        name = label
         row["graphs"] = row.get("graphs", graph_count())
         row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
         torch.cuda.reset_peak_memory_stats()
@@ -198,7 +208,8 @@ def main() -> int:
             print(f"{name}: FAILED {type(error).__name__}: {error}", flush=True)
             results["rows"][name] = {"error": f"{type(error).__name__}: {error}"}
     for name, out in outputs.items():  # compiled vs eager numerics (bf16 fusions round differently)
-        ref = "sla" if name.startswith("sla-") else "eager" if name in ("full", "regional") else None
+        ref = (name.partition("+")[0] if "+" in name else "sla" if name.startswith("sla-")
+               else "eager" if name in ("full", "regional") else None)
         if ref in outputs:
             rel = float((out - outputs[ref]).abs().sum() / outputs[ref].abs().sum())
             print(f"{name} vs eager {ref}: rel-L1 {rel:.2e}")

@@ -68,6 +68,11 @@ RUNS = {
                       "attention": "{method: sla2, keep: 0.03, soft_topk: true, block_q: 32, block_k: 32}"}),
     "sla2-s2": (SLA, {**B64, "mode": "sla2-stage2", "lr": "2.0e-4", "init_from": "{out}/sla2-s1/student",
                       "attention": "{method: sla2, keep: 0.03, quantized: true, block_q: 32, block_k: 32}"}),
+    # stage 2 alone, longer, from a stage-1 run's SLA2 parts carried to runs/sla2-s1/ (stage 1 trains only the router
+    # and alpha: its transformer weights are the teacher's)
+    "sla2-s2-long": (SLA, {**B64, "mode": "sla2-stage2", "lr": "2.0e-4",
+                           "init_from": "runs/sla2-s1/turbo_attention.safetensors",
+                           "attention": "{method: sla2, keep: 0.03, quantized: true, block_q: 32, block_k: 32}"}),
     # HunyuanVideo ToyWorld teacher (true CFG 5, no guidance embedding), rCM 4 steps
     "hunyuan-rcm": (RCM, {**B64, "teacher": HUNYUAN, "lr": "3.0e-5", "fake_lr": "6.0e-6"}),
     "sla5-b64": (SLA, {**B64, "lr": "2.0e-4"}),

@@ -6,9 +6,12 @@ Numerics (the spec; `int8_linear_reference` is the oracle and the fallback path)
   x_q = round_half_even(clamp(x / s_x, ±127));
 - y[m, n] = s_x[m] · s_w[n] · Σ_k x_q[m, k] · W_q[n, k] (exact integer sum) + b[n], in the input's dtype.
 
-The integer product is `torch._int_mm` (int8 × int8 → int32; cuBLASLt IMMA on CUDA GPUs, oneDNN on CPUs) when the
-shapes allow it (K and N multiples of 8); the scales are applied in plain torch ops, which inductor fuses under
-`torch.compile` as for FP8 (turbo/quant/fp8.py). The reference computes the same integer sum exactly in float64.
+On CUDA GPUs the product is turbo's Triton INT8 GEMM with the scales, bias and cast fused into its epilogue
+(turbo/quant/int8_gemm.py, the `turbo::int8_scaled_mm` custom op); elsewhere `torch._int_mm` (int8 × int8 → int32,
+oneDNN on CPUs; cuBLASLt IMMA on GPUs when asked for with backend="int_mm") when the shapes allow it (K and N
+multiples of 8), with the scales applied in plain torch ops. The activation quantisation is plain torch ops, which
+inductor fuses under `torch.compile` as for FP8 (turbo/quant/fp8.py). The reference computes the same integer sum
+exactly in float64.
 Which linears are quantised is decided as for FP8 (`turbo.quant.block_linears`). INT8 is the W8A8 mode for GPUs
 without FP8 tensor cores (Ampere) and the integer path on CPUs.
 """
@@ -65,6 +68,21 @@ def int8_linear(x: Tensor, weight_q: Tensor, weight_scale: Tensor, bias: Tensor 
     return _finish(acc, x_scale, weight_scale, bias, x.dtype, shape)
 
 
+def int8_linear_triton(x: Tensor, weight_q: Tensor, weight_scale: Tensor, bias: Tensor | None) -> Tensor:
+    """The INT8 W8A8 linear through turbo's Triton GEMM (CUDA, or the Triton interpreter): same signature and result
+    as `int8_linear_reference` (exact int32 sum; fp32 epilogue), output in x.dtype (bf16 for fp32 inputs on CUDA)."""
+    from .int8_gemm import int8_scaled_mm
+
+    shape = x.shape
+    x_q, x_scale = quantize_rows_int8(x.reshape(-1, shape[-1]))
+    out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) or not x.is_cuda else torch.bfloat16
+    out = int8_scaled_mm(x_q, weight_q, x_scale.reshape(-1), weight_scale, bias, out_dtype)
+    return out.to(x.dtype).reshape(*shape[:-1], weight_q.shape[0])
+
+
+BACKENDS = ("triton", "int_mm", "reference")
+
+
 def int_mm_ready(features: tuple[int, int]) -> bool:
     """Whether `torch._int_mm` takes a [N, K] weight (both multiples of 8)."""
     return all(f % 8 == 0 for f in features)
@@ -72,23 +90,32 @@ def int_mm_ready(features: tuple[int, int]) -> bool:
 
 class INT8Linear(nn.Module):
     """Drop-in for `nn.Linear` with INT8 W8A8 numerics. Buffers: `weight_q` [N, K] int8, `weight_scale` [N] fp32,
-    `bias` [N] (the original dtype) or None. `use_int_mm` (fixed at construction) picks `int8_linear`, else the
-    float64 reference."""
+    `bias` [N] (the original dtype) or None. `backend` (fixed at construction): "triton" (turbo's fused GEMM, the
+    default on CUDA), "int_mm" (`torch._int_mm` + scales in torch ops, the default elsewhere) or "reference" (float64);
+    shapes `torch._int_mm` cannot take fall back to the reference."""
 
-    def __init__(self, linear: nn.Linear, use_int_mm: bool = True):
+    def __init__(self, linear: nn.Linear, backend: str | None = None):
         super().__init__()
         q, scale = quantize_weight_int8(linear.weight)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("weight_q", q)
         self.register_buffer("weight_scale", scale)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
-        self.use_int_mm = use_int_mm and int_mm_ready((self.out_features, self.in_features))
+        backend = backend or ("triton" if linear.weight.is_cuda else "int_mm")
+        if backend not in BACKENDS:
+            raise ValueError(f"INT8Linear backend must be one of {BACKENDS}, not {backend!r}.")
+        if backend == "int_mm" and not int_mm_ready((self.out_features, self.in_features)):
+            backend = "reference"
+        self.backend = backend
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.use_int_mm:
+        if self.backend == "triton":
+            return int8_linear_triton(x, self.weight_q, self.weight_scale, self.bias)
+        if self.backend == "int_mm":
             return int8_linear(x, self.weight_q, self.weight_scale, self.bias)
         return int8_linear_reference(x, self.weight_q, self.weight_scale, self.bias)
 
     def extra_repr(self) -> str:
-        path = "int8 GEMM (torch._int_mm)" if self.use_int_mm else "float64 reference"
+        path = {"triton": "int8 GEMM (turbo Triton, fused scales)", "int_mm": "int8 GEMM (torch._int_mm)",
+                "reference": "float64 reference"}[self.backend]
         return f"in_features={self.in_features}, out_features={self.out_features}, {path}"

@@ -1,0 +1,116 @@
+"""W8A8 linears vs bf16 at Wan shapes on one GPU (issue 13's GEMM table), every variant measured in the same run.
+
+Per shape (M tokens × K in → N out; Wan2.1-14B: M = 32,760 at 480p / 75,600 at 720p, and Wan2.1-1.3B 480p):
+  bf16             F.linear (cuBLAS)
+  fp8-gemm         torch._scaled_mm on pre-quantised operands (row-wise scales), the GEMM alone
+  fp8              turbo's FP8Linear incl. the per-token activation quantisation, eager
+  fp8-c            the same under torch.compile (the quantisation fused by inductor), fast_accum off
+  fp8-c-fast       compiled, cuBLASLt fast accumulation
+  int8-gemm        turbo's Triton INT8 GEMM (scales fused) on pre-quantised operands
+  int8-c           turbo's INT8Linear (Triton) incl. activation quantisation, compiled
+  int8mm-c         INT8 through torch._int_mm + scales in torch ops, compiled
+Medians of `triton.testing.do_bench` (ms); speed-up = bf16 / variant. Each variant's output is checked against the
+bf16 product (rel-L1) so a fast wrong kernel shows.
+
+    python3 benchmarks/quant_linears.py [--shapes 14b,1.3b] [--variants ...] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# (label, M, K, N)
+SHAPES = {
+    "14b": [("14B 480p qkvo", 32760, 5120, 5120), ("14B 480p ffn-up", 32760, 5120, 13824),
+            ("14B 480p ffn-down", 32760, 13824, 5120), ("14B 720p qkvo", 75600, 5120, 5120),
+            ("14B 720p ffn-up", 75600, 5120, 13824), ("14B 720p ffn-down", 75600, 13824, 5120)],
+    "1.3b": [("1.3B 480p qkvo", 32760, 1536, 1536), ("1.3B 480p ffn-up", 32760, 1536, 8960),
+             ("1.3B 480p ffn-down", 32760, 8960, 1536)],
+}
+VARIANTS = "bf16,fp8-gemm,fp8,fp8-c,fp8-c-fast,int8-gemm,int8-c,int8mm-c"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", default="14b,1.3b")
+    parser.add_argument("--variants", default=VARIANTS)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+
+    import triton
+    from triton.testing import do_bench
+
+    from turbo.quant.fp8 import FP8Linear, quantize_rows
+    from turbo.quant.int8 import INT8Linear, quantize_rows_int8
+    from turbo.quant.int8_gemm import int8_scaled_mm
+
+    torch.manual_seed(0)
+    variants = args.variants.split(",")
+    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+              "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "rows": []}
+    print(f"{result['gpu']}, torch {torch.__version__}, triton {triton.__version__}", flush=True)
+    print("| shape | M | K | N | " + " | ".join(variants) + " |")
+    print("|---|---|---|---|" + "---|" * len(variants))
+    for group in args.shapes.split(","):
+        for label, m, k, n in SHAPES[group]:
+            torch._dynamo.reset()  # every shape compiles afresh, static shapes (no recompile limit, no dynamic M)
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            linear = torch.nn.Linear(k, n, device="cuda", dtype=torch.bfloat16)
+            with torch.no_grad():
+                linear.weight.normal_(0, k ** -0.5)
+            ref = F.linear(x, linear.weight, linear.bias).float()
+            fp8 = FP8Linear(linear, use_gemm=True)
+            fp8_fast = FP8Linear(linear, use_gemm=True, fast_accum=True)
+            int8 = INT8Linear(linear, backend="triton")
+            int8mm = INT8Linear(linear, backend="int_mm")
+            xq8, xs8 = quantize_rows(x)
+            xqi, xsi = quantize_rows_int8(x)
+            fns = {
+                "bf16": lambda: F.linear(x, linear.weight, linear.bias),
+                "fp8-gemm": lambda: torch._scaled_mm(xq8, fp8.weight_q.t(), scale_a=xs8,
+                                                     scale_b=fp8.weight_scale[None, :], out_dtype=torch.bfloat16),
+                "fp8": fp8,
+                "fp8-c": torch.compile(fp8, dynamic=False),
+                "fp8-c-fast": torch.compile(fp8_fast, dynamic=False),
+                "int8-gemm": lambda: int8_scaled_mm(xqi, int8.weight_q, xsi.reshape(-1), int8.weight_scale,
+                                                    int8.bias, torch.bfloat16),
+                "int8-c": torch.compile(int8, dynamic=False),
+                "int8mm-c": torch.compile(int8mm, dynamic=False),
+            }
+            row = {"shape": label, "M": m, "K": k, "N": n, "ms": {}, "rel_l1": {}}
+            for name in variants:
+                fn = fns[name]
+                try:
+                    with torch.no_grad():
+                        out = fn() if name.endswith("-gemm") or name == "bf16" else fn(x)
+                        call = fn if name.endswith("-gemm") or name == "bf16" else (lambda f=fn: f(x))
+                        row["rel_l1"][name] = float((out.float() - ref).abs().sum() / ref.abs().sum())
+                        row["ms"][name] = do_bench(call, warmup=25, rep=200)
+                except Exception as error:  # keep the other variants' numbers
+                    row["ms"][name] = None
+                    row["error_" + name] = f"{type(error).__name__}: {error}"[:300]
+                    print(f"{label} {name}: FAILED {row['error_' + name]}", flush=True)
+            result["rows"].append(row)
+            base = row["ms"].get("bf16")
+            cells = [(f"{row['ms'][v]:.3f} ms" + (f" ({base / row['ms'][v]:.2f}×)" if base and v != "bf16" else ""))
+                     if row["ms"].get(v) else "—" for v in variants]
+            print(f"| {label} | {m} | {k} | {n} | " + " | ".join(cells) + " |", flush=True)
+            print("  rel-L1 vs bf16: " + ", ".join(f"{v} {e:.4f}" for v, e in row["rel_l1"].items()), flush=True)
+            fns = x = xq8 = xqi = fp8 = fp8_fast = int8 = int8mm = None  # free the GPU memory before the next shape
+            torch.cuda.empty_cache()
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
