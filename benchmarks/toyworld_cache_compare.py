@@ -4,6 +4,7 @@ MagCache, same prompts and seeds, against the uncached teacher.
     python benchmarks/toyworld_cache_compare.py [--prompts 8] [--steps 50] [--guidance 5] [--frames 17]
         [--configs none,tdc,fbc,mag] [--fbc-threshold 0.05] [--json FILE]
 
+``fp8`` / ``int8``: W8A8 linears instead of a cache (same prompts, PSNR against the unquantised videos).
 A config may name its threshold: ``tdc@0.1``, ``fbc@0.1``, ``mag@0.12`` (a threshold sweep: ``--configs
 none,tdc@0.03,tdc,tdc@0.1``).
 
@@ -122,6 +123,8 @@ def _config(name, pipe, first, kwargs, args):
 
     if name == "none":
         return nothing, nothing
+    if name in ("fp8", "int8"):  # W8A8 linears (issue 13's quality bar for quantisation; nothing is skipped)
+        return (lambda: turbo.accelerate(pipe, quant=name)), (lambda: turbo.restore(pipe))
     name, _, value = name.partition("@")  # "tdc@0.1" / "fbc@0.1": that threshold
     if name == "tdc":
         options = {"cache_threshold": float(value)} if value else {}

@@ -7,8 +7,10 @@ activations per token, cuBLASLt FP8 GEMM on GPUs with FP8 tensor cores). Embeddi
 final head, modulation linears and turbo's own attention parts stay in their dtype. The original linears are kept
 on the CPU while quantised (the GPU holds only the FP8 weights) and `turbo.restore` puts them back exactly.
 On a CPU the same numerics run simulated (for accuracy studies; not faster). `quant="int8"` swaps the same linears for
-`INT8Linear` (turbo/quant/int8.py: int8 weights per output channel, activations per token, `torch._int_mm`), for GPUs
-without FP8 tensor cores; its GPU speed is not measured yet. `nvfp4-mixed` raises `NotImplementedMethodError` naming
+`INT8Linear` (turbo/quant/int8.py: int8 weights per output channel, activations per token; on CUDA turbo's Triton
+INT8 GEMM with the scales fused, turbo/quant/int8_gemm.py; `torch._int_mm` on CPUs). Measured on an H200 at Wan-14B
+shapes (docs/BENCHMARKS.md, 2026-11-30), compiled, incl. the activation pass: FP8 1.36–1.64× bf16 (fast
+accumulation), INT8 1.25–1.51×; a Wan-14B 720p forward with SLA keep 5 % + FP8 is 4.08× stock. `nvfp4-mixed` raises `NotImplementedMethodError` naming
 itself.
 
 `turbo.save_quantized` / `turbo.load_quantized` (turbo/quant/io.py) save an FP8-accelerated transformer once and load
