@@ -119,6 +119,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="save the first --save-count videos here: NNN.npy (uint8 [F, H, W, 3]) and NNN.png (frames "
                         "0, middle, last side by side); `psnr DIR_A DIR_B` compares two such folders")
     a.add_argument("--save-count", type=int, default=32)
+    a.add_argument("--quant", default=None, choices=("fp8", "int8", "nvfp4"),
+                   help="W8A8 / NVFP4 linears in the transformer blocks (dense attention; not with --transformer)")
 
     ps = sub.add_parser("psnr", help="mean same-seed PSNR (dB) between two --save-videos folders")
     ps.add_argument("candidate")
@@ -318,6 +320,11 @@ def cmd_accuracy(args) -> list[dict]:
         steps = args.steps or (sampler.steps if rcm else 50)
         guidances = args.guidance or [1.0 if rcm else 5.0]
         config, label = None, f"{args.model} + {args.transformer}"  # None: the student's recipe
+    if args.quant:
+        if args.transformer:
+            raise SystemExit("accuracy: --quant measures the model's own transformer; it does not combine with "
+                             "--transformer (a student runs its own recipe).")
+        config, label = {"quant": {"mode": args.quant}}, f"{args.model} + quant {args.quant}"
     prompts = prompt_set(args.prompts, args.prompt_seed)
     reports = []
     for guidance in guidances:
@@ -332,7 +339,7 @@ def cmd_accuracy(args) -> list[dict]:
                                                                args.save_count)
         report = judge_prompts(pipe, prompts, kwargs, config, batch_size=args.batch_size, on_video=save)
         out = {"model": args.model, "transformer": args.transformer, "guidance": guidance, "steps": steps,
-               "device": str(args.device), "dtype": args.dtype,
+               "device": str(args.device), "dtype": args.dtype, "quant": args.quant,
                "command": "python -m pipelines.toyworld " + shlex.join(args.argv), **report.to_dict()}
         reports.append(out)
         print(f"{label} ({type(pipe).__name__}), CFG {guidance}, {steps} steps:")

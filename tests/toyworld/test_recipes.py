@@ -137,6 +137,13 @@ def test_recipe_commands_vae_train_accuracy(tmp_path, capsys):
     reports = json.loads(out_json.read_text())
     assert [r["guidance"] for r in reports] == [1.0, 3.0] and all(r["prompts"] == 2 for r in reports)
     assert "| colour | shape | motion |" in capsys.readouterr().out
+    quant_json = tmp_path / "acc-int8.json"
+    assert main(["accuracy", "--model", str(model), "--prompts", "1", "--steps", "1", "--guidance", "1",
+                 "--quant", "int8", "--json", str(quant_json)]) == 0
+    assert json.loads(quant_json.read_text())[0]["quant"] == "int8"
+    assert "quant int8" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="does not combine"):
+        main(["accuracy", "--model", str(model), "--quant", "fp8", "--transformer", str(model / "transformer")])
 
 
 def test_residual_wan_vae_trains_and_generates(tmp_path):
