@@ -9,8 +9,11 @@ Per shape (M tokens × K in → N out; Wan2.1-14B: M = 32,760 at 480p / 75,600 a
   int8-gemm        turbo's Triton INT8 GEMM (scales fused) on pre-quantised operands
   int8-c           turbo's INT8Linear (Triton) incl. activation quantisation, compiled
   int8mm-c         INT8 through torch._int_mm + scales in torch ops, compiled
+  nvfp4-gemm       turbo's Triton NVFP4 weight-only GEMM (dequantised in registers, bf16 dot), the kernel alone
+  nvfp4-c          turbo's NVFP4Linear with that kernel (backend "triton"), compiled
+  nvfp4-dq-c       NVFP4Linear's default CUDA backend: dequantise to bf16 (fused by inductor) + cuBLAS, compiled
 Medians of `triton.testing.do_bench` (ms); speed-up = bf16 / variant. Each variant's output is checked against the
-bf16 product (rel-L1) so a fast wrong kernel shows.
+bf16 product (rel-L1) so a fast wrong kernel shows. Each shape's NVFP4 weight bytes / bf16 bytes is printed too.
 
     python3 benchmarks/quant_linears.py [--shapes 14b,1.3b] [--variants ...] [--json FILE]
 """
@@ -36,7 +39,7 @@ SHAPES = {
     "1.3b": [("1.3B 480p qkvo", 32760, 1536, 1536), ("1.3B 480p ffn-up", 32760, 1536, 8960),
              ("1.3B 480p ffn-down", 32760, 8960, 1536)],
 }
-VARIANTS = "bf16,fp8-gemm,fp8,fp8-c,fp8-c-fast,int8-gemm,int8-c,int8mm-c"
+VARIANTS = "bf16,fp8-gemm,fp8,fp8-c,fp8-c-fast,int8-gemm,int8-c,int8mm-c,nvfp4-gemm,nvfp4-c,nvfp4-dq-c"
 
 
 def main() -> int:
@@ -52,6 +55,8 @@ def main() -> int:
     from turbo.quant.fp8 import FP8Linear, quantize_rows
     from turbo.quant.int8 import INT8Linear, quantize_rows_int8
     from turbo.quant.int8_gemm import int8_scaled_mm
+    from turbo.quant.nvfp4 import NVFP4Linear
+    from turbo.quant.nvfp4_gemm import nvfp4_mm
 
     torch.manual_seed(0)
     variants = args.variants.split(",")
@@ -72,6 +77,8 @@ def main() -> int:
             fp8_fast = FP8Linear(linear, use_gemm=True, fast_accum=True)
             int8 = INT8Linear(linear, backend="triton")
             int8mm = INT8Linear(linear, backend="int_mm")
+            nvfp4 = NVFP4Linear(linear, backend="triton")
+            nvfp4_dq = NVFP4Linear(linear, backend="dequant")
             xq8, xs8 = quantize_rows(x)
             xqi, xsi = quantize_rows_int8(x)
             fns = {
@@ -85,8 +92,12 @@ def main() -> int:
                                                     int8.bias, torch.bfloat16),
                 "int8-c": torch.compile(int8, dynamic=False),
                 "int8mm-c": torch.compile(int8mm, dynamic=False),
+                "nvfp4-gemm": lambda: nvfp4_mm(x, nvfp4.packed, nvfp4.block_scale, nvfp4.tensor_scale, nvfp4.bias),
+                "nvfp4-c": torch.compile(nvfp4, dynamic=False),
+                "nvfp4-dq-c": torch.compile(nvfp4_dq, dynamic=False),
             }
-            row = {"shape": label, "M": m, "K": k, "N": n, "ms": {}, "rel_l1": {}}
+            row = {"shape": label, "M": m, "K": k, "N": n, "ms": {}, "rel_l1": {},
+                   "nvfp4_weight_ratio": nvfp4.weight_bytes() / (linear.weight.numel() * linear.weight.element_size())}
             for name in variants:
                 fn = fns[name]
                 try:
@@ -104,8 +115,9 @@ def main() -> int:
             cells = [(f"{row['ms'][v]:.3f} ms" + (f" ({base / row['ms'][v]:.2f}×)" if base and v != "bf16" else ""))
                      if row["ms"].get(v) else "—" for v in variants]
             print(f"| {label} | {m} | {k} | {n} | " + " | ".join(cells) + " |", flush=True)
-            print("  rel-L1 vs bf16: " + ", ".join(f"{v} {e:.4f}" for v, e in row["rel_l1"].items()), flush=True)
-            fns = x = xq8 = xqi = fp8 = fp8_fast = int8 = int8mm = None  # free the GPU memory before the next shape
+            print("  rel-L1 vs bf16: " + ", ".join(f"{v} {e:.4f}" for v, e in row["rel_l1"].items())
+                  + f"; NVFP4 weight bytes / bf16: {row['nvfp4_weight_ratio']:.3f}", flush=True)
+            fns = x = xq8 = xqi = fp8 = fp8_fast = int8 = int8mm = nvfp4 = nvfp4_dq = None  # free GPU memory
             torch.cuda.empty_cache()
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")

@@ -1,4 +1,5 @@
-"""Linear-layer quantisation of the transformer blocks (W8A8 FP8 and INT8 built; NVFP4/INT8 mixed not yet).
+"""Linear-layer quantisation of the transformer blocks (W8A8 FP8 and INT8, weight-only NVFP4 built; NVFP4/INT8 mixed
+not yet).
 
 `turbo.accelerate(pipe, quant="fp8")` swaps the `nn.Linear`s inside the transformer blocks (attention q/k/v/out,
 cross-attention, feed-forward; not projections whose input is ≥ 4× wider than their output, where quantising the
@@ -10,8 +11,15 @@ On a CPU the same numerics run simulated (for accuracy studies; not faster). `qu
 `INT8Linear` (turbo/quant/int8.py: int8 weights per output channel, activations per token; on CUDA turbo's Triton
 INT8 GEMM with the scales fused, turbo/quant/int8_gemm.py; `torch._int_mm` on CPUs). Measured on an H200 at Wan-14B
 shapes (docs/BENCHMARKS.md, 2026-11-30), compiled, incl. the activation pass: FP8 1.36–1.64× bf16 (fast
-accumulation), INT8 1.25–1.51×; a Wan-14B 720p forward with SLA keep 5 % + FP8 is 4.08× stock. `nvfp4-mixed` raises `NotImplementedMethodError` naming
-itself.
+accumulation), INT8 1.25–1.51×; a Wan-14B 720p forward with SLA keep 5 % + FP8 is 4.08× stock.
+`quant="nvfp4"` stores the weights of every block linear whose in_features is a multiple of 16 (the wide-input rule
+is about the activation pass, which weight-only quantisation does not have) as `NVFP4Linear` (turbo/quant/nvfp4.py:
+e2m1 codes, an e4m3 scale per 16 weights, an fp32 tensor scale; 0.28× the bytes of bf16); the activations stay in
+their dtype. Hopper has no FP4 tensor cores, so this saves memory, not compute: on CUDA each call dequantises the
+weight to bf16 (one fused pass under torch.compile) for a cuBLAS GEMM, measured 0.90–0.92× bf16 at Wan-size M on an
+H200, compiled; turbo's Triton GEMM that dequantises in registers (turbo/quant/nvfp4_gemm.py) measured 0.22–0.27× and
+is only a selectable backend. On CPUs the weights are dequantised in PyTorch (fp32).
+`nvfp4-mixed` raises `NotImplementedMethodError` naming itself.
 
 `turbo.save_quantized` / `turbo.load_quantized` (turbo/quant/io.py) save an FP8-accelerated transformer once and load
 it without its original weights; on such a model the feature swaps nothing (the linears are `FP8Linear` already),
@@ -30,10 +38,14 @@ from ..errors import NotImplementedMethodError, TurboConfigError
 from ..registry import Feature, register_feature
 from .fp8 import WIDE_INPUT_RATIO
 
-QUANT_MODES = ("off", "fp8", "int8", "nvfp4-mixed")
+QUANT_MODES = ("off", "fp8", "int8", "nvfp4", "nvfp4-mixed")
 NOT_BUILT = {"nvfp4-mixed": "NVFP4/INT8 mixed-precision quantisation"}
 MIN_CAPABILITY = {"fp8": ((8, 9), "FP8 tensor cores (compute capability 8.9 or newer: Ada, Hopper, Blackwell)"),
-                  "int8": ((8, 0), "INT8 tensor-core GEMMs through torch._int_mm (compute capability 8.0 or newer)")}
+                  "int8": ((8, 0), "INT8 tensor-core GEMMs through torch._int_mm (compute capability 8.0 or newer)"),
+                  "nvfp4": ((8, 0), "bf16 tensor cores for the dequantised NVFP4 weights (cuBLAS, or bf16 dots in "
+                            "turbo's Triton GEMM; compute capability 8.0 or newer)")}
+CPU_NUMERICS = {"fp8": "simulated FP8 numerics", "int8": "INT8 numerics",
+                "nvfp4": "NVFP4 numerics with the weights dequantised in PyTorch"}
 SKIPPED_NAMES = ("norm", "turbo_attention")  # modulation linears (one token per sample) and turbo's own parts
 logger = logging.getLogger("turbo")
 
@@ -43,21 +55,23 @@ class QuantConfig:
     """Linear-layer quantisation."""
 
     mode: str = option("off", "linear-layer quantisation of the transformer blocks (fp8 = W8A8 e4m3, int8 = W8A8 "
-                       "int8; per-channel weights, per-token activations)", choices=QUANT_MODES)
+                       "int8: per-channel weights, per-token activations; nvfp4 = weight-only NVFP4, e2m1 weights "
+                       "with an e4m3 scale per 16)", choices=QUANT_MODES)
     fast_accum: bool = option(False, "fp8: cuBLASLt fast accumulation (faster on Hopper, less exact sums)")
 
     def __post_init__(self):
         validate_options(self, "quant")
 
 
-def block_linears(blocks: list[nn.Module]) -> list[tuple[nn.Module, str, nn.Linear]]:
-    """(parent, attribute, linear) for every `nn.Linear` inside `blocks` that gets quantised."""
+def block_linears(blocks: list[nn.Module], weight_only: bool = False) -> list[tuple[nn.Module, str, nn.Linear]]:
+    """(parent, attribute, linear) for every `nn.Linear` inside `blocks` that gets quantised. `weight_only` (NVFP4)
+    keeps the wide-input linears too: without an activation pass they cost nothing extra."""
     found = []
     for block in blocks:
         for name, module in block.named_modules():
             if not isinstance(module, nn.Linear) or any(part in name for part in SKIPPED_NAMES):
                 continue
-            if module.in_features >= WIDE_INPUT_RATIO * module.out_features:
+            if not weight_only and module.in_features >= WIDE_INPUT_RATIO * module.out_features:
                 continue  # the activation pass costs more than the FP8 GEMM saves (turbo/quant/fp8.py)
             parent_name, _, attr = name.rpartition(".")
             found.append((block.get_submodule(parent_name) if parent_name else block, attr, module))
@@ -77,7 +91,7 @@ class QuantFeature(Feature):
         if section.mode in NOT_BUILT:
             raise NotImplementedMethodError(
                 f"quant.mode='{section.mode}': {NOT_BUILT[section.mode]} is not implemented yet; choose quant='fp8', "
-                "quant='int8' or quant='off'."
+                "quant='int8', quant='nvfp4' or quant='off'."
             )
 
     def check(self, context, section: QuantConfig) -> None:
@@ -92,13 +106,13 @@ class QuantFeature(Feature):
                     f"sm_{capability[0]}{capability[1]}."
                 )
         if len(gpus) < len(devices):
-            numerics = "simulated FP8 numerics" if section.mode == "fp8" else "INT8 numerics"
-            context.warnings.append(f"quant='{section.mode}' on the CPU runs {numerics} (for accuracy studies): "
-                                    "slower than the original linears.")
+            context.warnings.append(f"quant='{section.mode}' on the CPU runs {CPU_NUMERICS[section.mode]} (for "
+                                    "accuracy studies): slower than the original linears.")
 
     def install(self, context, section: QuantConfig) -> dict:
         from .fp8 import FP8Linear
         from .int8 import INT8Linear
+        from .nvfp4 import NVFP4Linear, nvfp4_ready
 
         swapped = []  # (parent, attribute, original linear, its device)
         kept = []  # (FP8Linear loaded already quantised, its fast_accum before): restore leaves these FP8
@@ -113,12 +127,19 @@ class QuantFeature(Feature):
                                                    f"'{section.mode}' cannot apply on top (use quant='fp8').")
                         kept.append((module, module.fast_accum))
                         module.fast_accum = section.fast_accum
-                for parent, attr, linear in block_linears(target.adapter.denoising_blocks(target.model)):
-                    quantised = (FP8Linear(linear, use_gemm, section.fast_accum) if section.mode == "fp8"
-                                 else INT8Linear(linear))
+                blocks = target.adapter.denoising_blocks(target.model)
+                for parent, attr, linear in block_linears(blocks, weight_only=section.mode == "nvfp4"):
+                    if section.mode == "fp8":
+                        quantised = FP8Linear(linear, use_gemm, section.fast_accum)
+                    elif section.mode == "int8":
+                        quantised = INT8Linear(linear)
+                    elif nvfp4_ready(linear.in_features):
+                        quantised = NVFP4Linear(linear)
+                    else:
+                        continue  # K not a multiple of the 16-value block: stays in its dtype
                     setattr(parent, attr, quantised)
                     swapped.append((parent, attr, linear, linear.weight.device))
-                    linear.to("cpu")  # in place: the GPU keeps only the FP8 copy; restore moves it back
+                    linear.to("cpu")  # in place: the GPU keeps only the quantised copy; restore moves it back
         except BaseException:
             self.undo(context, {"swapped": swapped, "kept": kept})
             raise
@@ -142,6 +163,9 @@ class QuantFeature(Feature):
                            len(token["kept"]))
 
     def describe(self, section: QuantConfig) -> str:
+        if section.mode == "nvfp4":
+            return "nvfp4: weight-only NVFP4 linears in the transformer blocks (e2m1 weights, e4m3 scale per 16, " \
+                   "fp32 tensor scale; activations in their dtype)"
         extra = ", fast accumulation" if section.fast_accum and section.mode == "fp8" else ""
         kind = "e4m3" if section.mode == "fp8" else "int8"
         return f"{section.mode}: W8A8 {kind} linears in the transformer blocks (per-channel weights, per-token " \
