@@ -67,7 +67,7 @@ def test_option_specs_cover_every_section_and_method_option():
     assert specs["attention"].choices == tuple(attention_methods())
     assert specs["keep"].methods == ("sla", "sla2") and specs["keep"].type is float
     assert specs["density"].methods == ("svg",)
-    assert specs["quant"].choices == ("off", "fp8", "int8", "nvfp4-mixed")
+    assert specs["quant"].choices == ("off", "fp8", "int8", "nvfp4", "nvfp4-mixed")
     assert specs["compile"].flag == "--compile" and specs["compile_cudagraphs"].type is bool
     assert len({s.flag for s in specs.values()}) == len(specs)  # no two options share a flag
     for spec in specs.values():  # every key is accepted by replace with its default (or a valid value)
