@@ -252,8 +252,8 @@ def cmd_generate(args) -> int:
         if teacher is not None:
             registry.swap_transformers(pipe, student)
         _accelerate(pipe, args.preset, overrides, args.allow_untuned)
-        if not args.compare:
-            _run(pipe, {**kwargs, "num_inference_steps": 1}, request.seed, "warm-up")
+        # warmed up like the baseline (a swapped-in student's first call pays for first touches of its weights)
+        _run(pipe, {**kwargs, "num_inference_steps": 1}, request.seed, "warm-up")
         frames, elapsed = _run(pipe, kwargs, request.seed, f"turbo {pipe.turbo.config.attention.method}")
         print(pipe.turbo)
         print(f"accelerated:   {elapsed:.2f} s"
