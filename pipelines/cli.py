@@ -172,6 +172,25 @@ def _describe_config(config) -> str:
 # ----------------------------------------------------------------------------------------------------------- commands
 
 
+def reuse_freed_memory() -> bool:
+    """On Linux/glibc, serve every allocation from the heap and never give freed heap memory back (``mallopt``:
+    M_MMAP_MAX 0, M_TRIM_THRESHOLD 2 GiB), so a CPU run's large activations (a Wan VAE decode allocates and frees
+    tens of 50 MB tensors per frame chunk) reuse pages instead of page-faulting fresh zeroed mappings each time: the
+    ToyWorld decode took ~20 % less time on 2 cores. The process keeps its peak memory until it exits, which is what
+    a one-shot `turbo generate` wants. Returns whether the settings took."""
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
 def cmd_generate(args) -> int:
     """`turbo generate`: validate everything, then load, (optionally) run unaccelerated, accelerate, run, write."""
     from diffusers.utils import export_to_video
@@ -221,6 +240,8 @@ def cmd_generate(args) -> int:
         print(f"note:    on a CPU '{method}' runs its PyTorch reference, which is exact but not faster than dense "
               "attention; the speed-ups need a CUDA GPU")
 
+    if request.device == "cpu":
+        reuse_freed_memory()
     pipe = registry.load_pipeline(request.model, request.device, request.torch_dtype(), transformer=args.transformer,
                                   own_transformer=teacher is not None)
     unknown = unknown_words(getattr(pipe, "tokenizer", None), request.prompt)

@@ -124,3 +124,12 @@ def test_app_subcommand_without_the_app_is_one_sentence(monkeypatch, capsys):
     assert main(["app"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("turbo: ") and err.count("\n") == 1
+
+
+def test_cpu_runs_reuse_freed_memory():
+    """`turbo generate` on a CPU keeps freed heap memory for reuse (glibc mallopt); on Linux the settings take."""
+    import platform
+
+    from pipelines.cli import reuse_freed_memory
+
+    assert reuse_freed_memory() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
