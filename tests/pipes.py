@@ -67,3 +67,16 @@ def assert_same_snapshot(a: dict, b: dict) -> None:
         assert x["hooks"] == y["hooks"]
         assert x["state"].keys() == y["state"].keys()
         assert all(torch.equal(x["state"][k], y["state"][k]) for k in x["state"])
+
+
+def assert_quantised_then_restored(pipe, kind: str, before: dict, reference: np.ndarray) -> None:
+    """On a quantised `pipe`: its video is finite, changed, and close to `reference` (mean |Δ| < 0.02 on [0, 1]
+    frames); then `turbo.restore` gives back `before`'s snapshot and exactly `reference`."""
+    import turbo
+
+    quantised = run(pipe, kind)
+    error = float(np.abs(quantised - reference).mean())
+    assert np.isfinite(quantised).all() and 0 < error < 0.02
+    turbo.restore(pipe)
+    assert_same_snapshot(before, snapshot(pipe))
+    np.testing.assert_array_equal(run(pipe, kind), reference)

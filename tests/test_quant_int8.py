@@ -3,7 +3,6 @@ the swap inside transformer blocks, restore."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -11,7 +10,7 @@ from torch import nn
 import turbo
 from turbo.quant.int8 import INT8Linear, int8_linear, int8_linear_reference, quantize_rows_int8, quantize_weight_int8
 
-from .pipes import assert_same_snapshot, build, run, snapshot
+from .pipes import assert_quantised_then_restored, build, run, snapshot
 
 
 def test_rows_round_half_to_even_per_token_and_zero_rows_stay_zero():
@@ -67,12 +66,7 @@ def test_accelerate_int8_quantises_block_linears_and_restore_is_exact(kind):
     swapped = {n for n, m in pipe.transformer.named_modules() if isinstance(m, INT8Linear)}
     assert swapped and not any("norm" in n for n in swapped)
     assert "int8: W8A8 int8" in str(pipe.turbo) and any("INT8 numerics" in w for w in pipe.turbo.warnings)
-    quantised = run(pipe, kind)
-    error = float(np.abs(quantised - reference).mean())
-    assert np.isfinite(quantised).all() and 0 < error < 0.02
-    turbo.restore(pipe)
-    assert_same_snapshot(before, snapshot(pipe))
-    np.testing.assert_array_equal(run(pipe, kind), reference)
+    assert_quantised_then_restored(pipe, kind, before, reference)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -4,7 +4,6 @@ compile."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -22,7 +21,7 @@ from turbo.quant.nvfp4 import (
 )
 from turbo.quant.nvfp4_gemm import _launch, nvfp4_mm, nvfp4_mm_reference
 
-from .pipes import assert_same_snapshot, build, run, snapshot
+from .pipes import assert_quantised_then_restored, build, run, snapshot
 
 GRID = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]  # e2m1 magnitudes of codes 0..7
 
@@ -189,12 +188,7 @@ def test_accelerate_nvfp4_quantises_block_linears_with_whole_blocks_and_restore_
         ffn_down = model.get_submodule("transformer_blocks.0.ff.net.2")  # FP8 / INT8 leave this wide-input linear
         assert isinstance(ffn_down, NVFP4Linear) and ffn_down.in_features >= 4 * ffn_down.out_features
     assert "nvfp4: weight-only NVFP4" in str(pipe.turbo) and any("NVFP4 numerics" in w for w in pipe.turbo.warnings)
-    quantised = run(pipe, kind)
-    error = float(np.abs(quantised - reference).mean())
-    assert np.isfinite(quantised).all() and 0 < error < 0.02
-    turbo.restore(pipe)
-    assert_same_snapshot(before, snapshot(pipe))
-    np.testing.assert_array_equal(run(pipe, kind), reference)
+    assert_quantised_then_restored(pipe, kind, before, reference)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
