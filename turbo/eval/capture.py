@@ -105,14 +105,36 @@ def _sdpa(attn_mask):
     return dense
 
 
-def attention_fidelity(captured, config: AttentionConfig, device=None) -> list[dict]:
+def layer_parts(path) -> tuple[AttentionConfig, dict[int, dict[str, torch.Tensor]]]:
+    """A ``turbo_attention.safetensors`` file (a fine-tuned model's attention parts) as (its attention config,
+    {layer index: the method module's state dict}); layers are the ``blocks.N`` / ``transformer_blocks.N`` index."""
+    import json
+    import re
+
+    from safetensors import safe_open
+
+    parts: dict[int, dict[str, torch.Tensor]] = {}
+    with safe_open(str(path), framework="pt") as handle:
+        config = AttentionConfig(**json.loads((handle.metadata() or {})["turbo.attention.config"]))
+        for key in handle.keys():
+            match = re.match(r"^(?:.*\.)?(?:blocks|transformer_blocks)\.(\d+)\..*?turbo_attention\.(.+)$", key)
+            if match:
+                parts.setdefault(int(match.group(1)), {})[match.group(2)] = handle.get_tensor(key)
+    return config, parts
+
+
+def attention_fidelity(captured, config: AttentionConfig, device=None,
+                       parts: dict[int, dict[str, torch.Tensor]] | None = None) -> list[dict]:
     """Per captured call: rel-L1 and cosine of the method's output vs exact dense attention (same q, k, v, same text
-    mask), computed with a fresh, untrained method module (learnable parts at their initial values)."""
+    mask), computed with a fresh method module: learnable parts at their initial values, or, with `parts` ({layer:
+    state dict}, e.g. from `layer_parts`), the trained parts of that layer (every key must fit)."""
     rows = []
     for item in captured:
         q, k, v = (x.to(device) if device else x for x in (item.q, item.k, item.v))
         mask = None if item.attn_mask is None else item.attn_mask.to(q.device)
         method = build_method(config, q.shape[2], q.shape[3]).to(q.device)
+        if parts is not None:
+            method.load_state_dict({k: t.to(q.device) for k, t in parts[item.layer].items()})
         text_mask = None
         if mask is not None and item.num_video < q.shape[1]:
             text_mask = mask.reshape(mask.shape[0], -1)[:, item.num_video:].bool()
