@@ -42,3 +42,26 @@ def test_attention_fidelity_dense_is_exact_and_sparse_is_not():
     assert all(r["rel_l1"] < 1e-4 for r in full)
     sparse = attention_fidelity(captured, AttentionConfig(method="sla", keep=0.2, block_q=16, block_k=16))
     assert any(r["rel_l1"] > 1e-3 for r in sparse) and all(torch.isfinite(torch.tensor(r["rel_l1"])) for r in sparse)
+
+
+def test_attention_fidelity_with_trained_parts_from_a_parts_file(tmp_path):
+    """`layer_parts` reads a saved parts file per layer with its config; `attention_fidelity(parts=...)` runs those
+    parts: the saved initial parts reproduce the untrained numbers, a changed proj changes them."""
+    from turbo.attention.parts import save_attention_parts
+    from turbo.eval.capture import layer_parts
+
+    pipe = build("wan-t2v")
+    with capture_qkv(pipe, steps=[0], branches=["cond"]) as captured:
+        run(pipe, "wan-t2v")
+    turbo.accelerate(pipe, attention="sla", keep=0.25, block_q=16, block_k=16, allow_untuned=True)
+    (path,) = save_attention_parts(pipe, tmp_path)
+    turbo.restore(pipe)
+    config, parts = layer_parts(path)
+    assert config.method == "sla" and config.keep == 0.25 and sorted(parts) == sorted({c.layer for c in captured})
+    untrained = attention_fidelity(captured, config)
+    same = attention_fidelity(captured, config, parts=parts)
+    assert [r["rel_l1"] for r in same] == [r["rel_l1"] for r in untrained]
+    for state in parts.values():
+        state["proj.weight"] = torch.eye(*state["proj.weight"].shape)
+    changed = attention_fidelity(captured, config, parts=parts)
+    assert all(a["rel_l1"] != b["rel_l1"] for a, b in zip(changed, untrained, strict=True))
