@@ -97,7 +97,7 @@ def run(config_path, *, out=None, resume: bool = False, teacher_dir=None, overri
     if result.interrupted:
         print(f"stopped after step {result.steps_done} (SIGTERM); checkpoint {result.checkpoint}; continue with "
               "--resume")
-    else:
+    elif result.export_dir is not None:  # the main process exports; the others have nothing more to say
         print(f"trained {result.steps_done} steps; student exported to {result.export_dir}")
     return 0
 

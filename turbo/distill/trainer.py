@@ -790,7 +790,8 @@ def distill(pipe, config: DistillConfig, data, output_dir, *, resume: bool = Fal
         data = LatentCache(data)
     out = Path(output_dir)
     if accelerator is None:
-        accelerator = Accelerator(mixed_precision=config.mixed_precision)
+        # cpu=True on a machine without CUDA: accelerate then joins a `torchrun` / `accelerate launch` group on gloo
+        accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
     started = time.perf_counter()
     if not resume and latest_checkpoint(out / "checkpoints") is not None:
         raise TurboConfigError(f"{out} already holds checkpoints; pass resume=True (--resume) to continue that run or "
