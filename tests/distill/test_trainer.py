@@ -264,6 +264,18 @@ def test_unsupported_teacher_is_one_sentence(cache, tmp_path):
     assert "HunyuanVideoPipeline" in message and "WanPipeline" in message and message.count(". ") == 0
 
 
+def test_sharded_launches_are_refused_in_one_sentence(pipe, cache, tmp_path):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    for kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        with pytest.raises(TurboConfigError, match="sharding is not supported") as info:
+            distill(pipe, tiny_toyworld(), cache, tmp_path / kind.name,
+                    accelerator=SimpleNamespace(distributed_type=kind))
+        assert kind.name in str(info.value) and "DDP" in str(info.value)
+
+
 def test_config_files_and_command_line_bad_input(tmp_path, capsys):
     from turbo.distill.__main__ import main
 

@@ -792,6 +792,11 @@ def distill(pipe, config: DistillConfig, data, output_dir, *, resume: bool = Fal
     if accelerator is None:
         # cpu=True on a machine without CUDA: accelerate then joins a `torchrun` / `accelerate launch` group on gloo
         accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
+    sharded = str(accelerator.distributed_type).rsplit(".", 1)[-1]
+    if sharded in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        raise TurboConfigError(f"turbo distill runs on one process or with DDP (`accelerate launch --multi_gpu`, "
+                               f"`torchrun`); {sharded} sharding is not supported (the rCM tangents go through "
+                               "torch.func.jvp on unsharded modules).")
     started = time.perf_counter()
     if not resume and latest_checkpoint(out / "checkpoints") is not None:
         raise TurboConfigError(f"{out} already holds checkpoints; pass resume=True (--resume) to continue that run or "
