@@ -1,5 +1,4 @@
-"""Linear-layer quantisation of the transformer blocks (W8A8 FP8 and INT8, weight-only NVFP4 built; NVFP4/INT8 mixed
-not yet).
+"""Linear-layer quantisation of the transformer blocks (W8A8 FP8 and INT8, weight-only NVFP4, NVFP4/INT8 mixed).
 
 `turbo.accelerate(pipe, quant="fp8")` swaps the `nn.Linear`s inside the transformer blocks (attention q/k/v/out,
 cross-attention, feed-forward; not projections whose input is ≥ 4× wider than their output, where quantising the
@@ -19,7 +18,12 @@ their dtype. Hopper has no FP4 tensor cores, so this saves memory, not compute: 
 weight to bf16 (one fused pass under torch.compile) for a cuBLAS GEMM, measured 0.90–0.92× bf16 at Wan-size M on an
 H200, compiled; turbo's Triton GEMM that dequantises in registers (turbo/quant/nvfp4_gemm.py) measured 0.22–0.27× and
 is only a selectable backend. On CPUs the weights are dequantised in PyTorch (fp32).
-`nvfp4-mixed` raises `NotImplementedMethodError` naming itself.
+`quant="nvfp4-mixed"` (6Bit-Diffusion's dynamic mixed precision) swaps the same linears as nvfp4 for `MixedLinear`
+(turbo/quant/mixed.py: NVFP4 weights; per call either "low" = NVFP4-emulated activations, an accuracy-study path on
+Hopper, or "high" = INT8 W8A8 on the NVFP4 weight re-quantised to int8) and puts a router hook on every block
+(turbo/quant/router.py): per block and CFG branch, "high" when α·Γ_prev + β > `mixed_max_error`, Γ_prev being the
+relative L1 of the block's residual at its previous call in that branch. α and β come from `calibration`, a JSON
+written by `turbo calibrate` (`turbo.quant.calibrate_mixed`) for this transformer; without one it raises.
 
 `turbo.save_quantized` / `turbo.load_quantized` (turbo/quant/io.py) save an FP8-accelerated transformer once and load
 it without its original weights; on such a model the feature swaps nothing (the linears are `FP8Linear` already),
@@ -27,6 +31,7 @@ and `restore` leaves them FP8, with a warning line in `pipe.turbo`."""
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 
@@ -39,13 +44,16 @@ from ..registry import Feature, register_feature
 from .fp8 import WIDE_INPUT_RATIO
 
 QUANT_MODES = ("off", "fp8", "int8", "nvfp4", "nvfp4-mixed")
-NOT_BUILT = {"nvfp4-mixed": "NVFP4/INT8 mixed-precision quantisation"}
+NOT_BUILT: dict[str, str] = {}  # modes in the schema that are not implemented yet
 MIN_CAPABILITY = {"fp8": ((8, 9), "FP8 tensor cores (compute capability 8.9 or newer: Ada, Hopper, Blackwell)"),
                   "int8": ((8, 0), "INT8 tensor-core GEMMs through torch._int_mm (compute capability 8.0 or newer)"),
                   "nvfp4": ((8, 0), "bf16 tensor cores for the dequantised NVFP4 weights (cuBLAS, or bf16 dots in "
-                            "turbo's Triton GEMM; compute capability 8.0 or newer)")}
+                            "turbo's Triton GEMM; compute capability 8.0 or newer)"),
+                  "nvfp4-mixed": ((8, 0), "INT8 tensor-core GEMMs for the high-precision path (compute capability "
+                                  "8.0 or newer)")}
 CPU_NUMERICS = {"fp8": "simulated FP8 numerics", "int8": "INT8 numerics",
-                "nvfp4": "NVFP4 numerics with the weights dequantised in PyTorch"}
+                "nvfp4": "NVFP4 numerics with the weights dequantised in PyTorch",
+                "nvfp4-mixed": "NVFP4/INT8 mixed numerics (NVFP4 activations emulated)"}
 SKIPPED_NAMES = ("norm", "turbo_attention")  # modulation linears (one token per sample) and turbo's own parts
 logger = logging.getLogger("turbo")
 
@@ -58,6 +66,11 @@ class QuantConfig:
                        "int8: per-channel weights, per-token activations; nvfp4 = weight-only NVFP4, e2m1 weights "
                        "with an e4m3 scale per 16)", choices=QUANT_MODES)
     fast_accum: bool = option(False, "fp8: cuBLASLt fast accumulation (faster on Hopper, less exact sums)")
+    calibration: str = option("", "nvfp4-mixed: the router's calibration JSON (alpha, beta) for this transformer, "
+                              "written by `turbo calibrate`; required for nvfp4-mixed")
+    mixed_max_error: float = option(0.05, "nvfp4-mixed: a block runs INT8 (high) when its predicted relative error "
+                                    "of the NVFP4 path, alpha * Gamma_prev + beta, exceeds this, else NVFP4 (low); "
+                                    "0 keeps (nearly) every block high", range=(0.0, 1000.0))
 
     def __post_init__(self):
         validate_options(self, "quant")
@@ -93,6 +106,9 @@ class QuantFeature(Feature):
                 f"quant.mode='{section.mode}': {NOT_BUILT[section.mode]} is not implemented yet; choose quant='fp8', "
                 "quant='int8', quant='nvfp4' or quant='off'."
             )
+        if section.mode == "nvfp4-mixed" and not section.calibration:
+            raise TurboConfigError("quant='nvfp4-mixed' needs a router calibration: run `turbo calibrate --model "
+                                   "NAME_OR_DIR --out FILE.json` and pass quant_calibration=FILE.json.")
 
     def check(self, context, section: QuantConfig) -> None:
         devices = {_device_of(t.model) for t in context.targets}
@@ -105,6 +121,11 @@ class QuantFeature(Feature):
                     f"quant='{section.mode}' needs a GPU with {what}; {torch.cuda.get_device_name(device)} is "
                     f"sm_{capability[0]}{capability[1]}."
                 )
+        if section.mode == "nvfp4-mixed":
+            from .router import load_calibration
+
+            for target in context.targets:
+                load_calibration(section.calibration, target.model)
         if len(gpus) < len(devices):
             context.warnings.append(f"quant='{section.mode}' on the CPU runs {CPU_NUMERICS[section.mode]} (for "
                                     "accuracy studies): slower than the original linears.")
@@ -112,10 +133,14 @@ class QuantFeature(Feature):
     def install(self, context, section: QuantConfig) -> dict:
         from .fp8 import FP8Linear
         from .int8 import INT8Linear
+        from .mixed import MixedLinear
         from .nvfp4 import NVFP4Linear, nvfp4_ready
+        from .router import RouterSettings, TransformerRouter
 
         swapped = []  # (parent, attribute, original linear, its device)
         kept = []  # (FP8Linear loaded already quantised, its fast_accum before): restore leaves these FP8
+        routers = []  # nvfp4-mixed: one TransformerRouter per transformer
+        weight_only = section.mode in ("nvfp4", "nvfp4-mixed")
         try:
             for target in context.targets:
                 device = _device_of(target.model)
@@ -128,20 +153,30 @@ class QuantFeature(Feature):
                         kept.append((module, module.fast_accum))
                         module.fast_accum = section.fast_accum
                 blocks = target.adapter.denoising_blocks(target.model)
-                for parent, attr, linear in block_linears(blocks, weight_only=section.mode == "nvfp4"):
+                for parent, attr, linear in block_linears(blocks, weight_only=weight_only):
                     if section.mode == "fp8":
                         quantised = FP8Linear(linear, use_gemm, section.fast_accum)
                     elif section.mode == "int8":
                         quantised = INT8Linear(linear)
-                    elif nvfp4_ready(linear.in_features):
+                    elif not nvfp4_ready(linear.in_features):
+                        continue  # K not a multiple of the 16-value block: stays in its dtype
+                    elif section.mode == "nvfp4":
                         quantised = NVFP4Linear(linear)
                     else:
-                        continue  # K not a multiple of the 16-value block: stays in its dtype
+                        quantised = MixedLinear(linear)
                     setattr(parent, attr, quantised)
                     swapped.append((parent, attr, linear, linear.weight.device))
                     linear.to("cpu")  # in place: the GPU keeps only the quantised copy; restore moves it back
+                if section.mode == "nvfp4-mixed":
+                    calibration = load_calibration(section.calibration, target.model)
+                    settings = RouterSettings(float(calibration["alpha"]), float(calibration["beta"]),
+                                              float(section.mixed_max_error))
+                    switches = [[m for m in block.modules() if isinstance(m, MixedLinear)] for block in blocks]
+                    router = TransformerRouter(target.model, blocks, switches, context.runtime, settings)
+                    routers.append(router)
+                    router.install()
         except BaseException:
-            self.undo(context, {"swapped": swapped, "kept": kept})
+            self.undo(context, {"swapped": swapped, "kept": kept, "routers": routers})
             raise
         if kept:
             context.warnings.append(
@@ -150,9 +185,11 @@ class QuantFeature(Feature):
             )
         if swapped:
             logger.info("turbo: %d linear layers quantised to %s", len(swapped), section.mode.upper())
-        return {"swapped": swapped, "kept": kept}
+        return {"swapped": swapped, "kept": kept, "routers": routers}
 
     def undo(self, context, token: dict) -> None:
+        for router in reversed(token.get("routers", [])):
+            router.remove()
         for parent, attr, linear, device in reversed(token["swapped"]):
             linear.to(device)
             setattr(parent, attr, linear)
@@ -162,7 +199,26 @@ class QuantFeature(Feature):
             logger.warning("turbo: restore keeps %d linear layers FP8 (they were loaded quantised).",
                            len(token["kept"]))
 
+    def activity(self, context, token) -> str | None:
+        components = {id(t.model): t.component for t in context.targets}
+        parts = [f"{components.get(id(router.model), 'transformer')} {branch} {c['low']}/{c['high']}"
+                 for router in token.get("routers", []) for branch, c in sorted(router.counts.items())
+                 if c["low"] + c["high"]]
+        return ("quant: block evaluations low (NVFP4) / high (INT8) " + ", ".join(parts)) if parts else None
+
     def describe(self, section: QuantConfig) -> str:
+        if section.mode == "nvfp4-mixed":
+            alpha = beta = float("nan")
+            if section.calibration:
+                try:
+                    with open(section.calibration, encoding="utf-8") as handle:
+                        data = json.load(handle)
+                    alpha, beta = float(data["alpha"]), float(data["beta"])
+                except (OSError, ValueError, KeyError, TypeError):
+                    pass
+            return (f"nvfp4-mixed: NVFP4 weights, per block and step NVFP4 activations (low) or INT8 W8A8 (high) "
+                    f"when alpha·Γ + beta > max error; alpha {alpha:.4g}, beta {beta:.4g}, max error "
+                    f"{section.mixed_max_error:g}")
         if section.mode == "nvfp4":
             return "nvfp4: weight-only NVFP4 linears in the transformer blocks (e2m1 weights, e4m3 scale per 16, " \
                    "fp32 tensor scale; activations in their dtype)"
@@ -173,3 +229,5 @@ class QuantFeature(Feature):
 
 
 register_feature(QuantFeature())
+
+from .router import calibrate_mixed, load_calibration, save_calibration  # noqa: E402, F401  (the public API)
