@@ -1,5 +1,6 @@
 """The `turbo` command: `turbo generate` (a video with acceleration, optionally compared with the unaccelerated run),
-`turbo eval` (a candidate config against a reference config on ToyWorld prompts), `turbo convert` (a TurboDiffusion /
+`turbo eval` (a candidate config against a reference config on ToyWorld prompts), `turbo calibrate` (the nvfp4-mixed
+router's alpha, beta for a model), `turbo convert` (a TurboDiffusion /
 rCM checkpoint into a diffusers transformer with its turbo recipe), `turbo info` (what this machine can run fast, the
 presets and the models) and `turbo app` (the Gradio app).
 
@@ -41,7 +42,7 @@ def _refuse(message) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `turbo` argument parser (subcommands generate, eval, convert, distill, info, app)."""
+    """The `turbo` argument parser (subcommands generate, eval, calibrate, convert, distill, info, app)."""
     from turbo.config import PRESETS
 
     parser = _Parser(prog="turbo", description="Faster video diffusion transformers for diffusers.")
@@ -93,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     from turbo.distill.__main__ import add_arguments as add_distill_arguments
 
     add_distill_arguments(dist)
+
+    cal = sub.add_parser("calibrate", help="fit the nvfp4-mixed precision router (alpha, beta) of a model on ToyWorld "
+                                           "prompts and write it as JSON (quant_calibration=FILE)")
+    options.add_arguments(cal, _SIZE_ARGUMENTS)
+    options.add_arguments(cal, ("seed",), {"seed": {"help": "seed of the prompt set and the generator"}})
+    cal.add_argument("--prompts", type=int, default=4, help="number of ToyWorld prompts (default 4)")
+    cal.add_argument("--out", default=None, help="the JSON to write (default: turbo_mixed_calibration.json beside the "
+                                                 "transformer's weights, when that folder is writable)")
 
     sub.add_parser("info", help="torch / CUDA / Triton, which methods run fast here, presets and models")
     sub.add_parser("app", help="start the Gradio app (arguments after 'app' go to it)", add_help=False)
@@ -374,6 +383,49 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _calibration_path(args, model) -> str:
+    """--out, else turbo_mixed_calibration.json in the model's transformer folder (or the model folder) if writable."""
+    from turbo.quant.router import CALIBRATION_FILE
+
+    if args.out:
+        options.check_output(args.out)
+        return args.out
+    if model.is_local:
+        folder = Path(model.source) / "transformer"
+        folder = folder if folder.is_dir() else Path(model.source)
+        if os.access(folder, os.W_OK):
+            return str(folder / CALIBRATION_FILE)
+    raise RequestError(f"cannot write beside the weights of {model.name}; pass --out FILE.json.")
+
+
+def cmd_calibrate(args) -> int:
+    """`turbo calibrate`: run the model unaccelerated on --prompts ToyWorld prompts with the nvfp4-mixed calibration
+    hooks (`turbo.quant.calibrate_mixed`) and write alpha, beta and the model fingerprint as JSON."""
+    import torch
+
+    from turbo.eval.harness import prompt_set
+    from turbo.quant import calibrate_mixed, save_calibration
+
+    if args.prompts < 1:
+        raise RequestError(f"--prompts must be at least 1, got {args.prompts}.")
+    request = _request(args, image_required=False, names=[*_SIZE_ARGUMENTS, "seed"])
+    if request.steps < 2:
+        raise RequestError(f"--steps must be at least 2 for a calibration (Γ needs a previous step), got "
+                           f"{request.steps}.")
+    out = _calibration_path(args, request.model)
+    pipe = registry.load_pipeline(request.model, request.device, request.torch_dtype())
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = request.call_kwargs()
+    kwargs.pop("prompt", None)
+    prompts = [caption for caption, _ in prompt_set(args.prompts, request.seed)]
+    calibration = calibrate_mixed(pipe, prompts, generator=torch.Generator().manual_seed(request.seed), **kwargs)
+    save_calibration(calibration, out)
+    print(f"alpha {calibration['alpha']:.6g}, beta {calibration['beta']:.6g}, r² {calibration['r2']:.3f} from "
+          f"{calibration['samples']} block calls ({len(prompts)} prompts, {request.steps} steps)")
+    print(f"wrote {out} (use: quant='nvfp4-mixed', quant_calibration={out!r})")
+    return 0
+
+
 _CONVERT_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 _BASE_PIPELINES = {  # model guess → (pipeline class, diffusers repo the other components come from)
     "Wan2.1-T2V-1.3B": ("WanPipeline", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"),
@@ -491,7 +543,7 @@ def cmd_app(argv: list[str]) -> int:
 
 
 _COMMANDS = {"generate": cmd_generate, "eval": cmd_eval, "info": cmd_info, "convert": cmd_convert,
-             "distill": cmd_distill}
+             "distill": cmd_distill, "calibrate": cmd_calibrate}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,7 @@ def test_accelerating_twice_is_an_error_until_restored(pipe):
 @pytest.mark.parametrize(
     "kwargs, error, words",
     [
-        ({"quant": "nvfp4-mixed"}, turbo.NotImplementedMethodError, "NVFP4"),
+        ({"quant": "nvfp4-mixed"}, turbo.TurboConfigError, "turbo calibrate"),
         ({"attention": "sla", "backend": "triton"}, turbo.TurboConfigError, "backend='auto'"),
         ({"attention": "sla", "keep": 0.0}, turbo.TurboConfigError, "(0, 1]"),
         ({"config": "ludicrous"}, turbo.TurboConfigError, "unknown preset"),

@@ -47,7 +47,7 @@ CASES = {
     "image for t2v": (["--image", "{png}"], "text-to-video"),
     "i2v without image": (["--model", "toyworld-wan-i2v"], "--image"),
     "out in a missing folder": (["--out", "/nonexistent/dir/x.mp4"], "does not exist"),
-    "quant nvfp4-mixed": (["--quant", "nvfp4-mixed"], "not implemented yet"),
+    "quant nvfp4-mixed": (["--quant", "nvfp4-mixed"], "turbo calibrate"),
     "abbreviation --quant-mode-ish": (["--quant-mode-ish", "1"], "unrecognized arguments"),
     "abbreviation --kee": (["--kee", "0.1"], "unrecognized arguments"),
     "abbreviation --quantiz": (["--quantiz"], "unrecognized arguments"),
@@ -85,11 +85,11 @@ def test_generate_refuses_bad_input_before_loading(tmp_path, capsys, case):
     assert words in _check_refused(capsys, code)
 
 
-def test_not_built_modes_say_what_the_python_api_says(tmp_path, capsys):
+def test_config_check_errors_say_what_the_python_api_says(tmp_path, capsys):
     import turbo
     from turbo.config import resolve_config
 
-    with pytest.raises(turbo.NotImplementedMethodError) as error:
+    with pytest.raises(turbo.TurboConfigError) as error:
         resolve_config(None, turbo.default_config(), quant="nvfp4-mixed")[0].check_built()
     code = main(["generate", "--quant", "nvfp4-mixed", "--out", str(tmp_path / "x.mp4")])
     assert _check_refused(capsys, code) == f"turbo: {error.value}"

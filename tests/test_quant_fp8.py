@@ -83,10 +83,10 @@ def test_accelerate_quantises_block_linears_only_and_restore_is_exact(kind):
     assert_quantised_then_restored(pipe, kind, before, reference)
 
 
-@pytest.mark.parametrize("mode, words", [("nvfp4-mixed", "NVFP4")])
-def test_modes_not_built_name_themselves(mode, words):
+@pytest.mark.parametrize("mode, words", [("nvfp4-mixed", "turbo calibrate")])
+def test_modes_missing_their_inputs_say_what_to_do(mode, words):
     pipe = build("wan-t2v")
-    with pytest.raises(turbo.NotImplementedMethodError, match=words) as error:
+    with pytest.raises(turbo.TurboConfigError, match=words) as error:
         turbo.accelerate(pipe, quant=mode)
     assert "\n" not in str(error.value) and not hasattr(pipe, "turbo")
 

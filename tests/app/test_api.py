@@ -64,7 +64,7 @@ def test_models_load_once_and_configs_switch_by_accelerate_restore(app_server):
     ({"frames": 6}, "4k+1"),
     ({"steps": 0}, "at least 1"),
     ({"preset": "fast"}, "fine-tuned"),
-    ({"quant": "nvfp4-mixed"}, "not implemented"),
+    ({"quant": "nvfp4-mixed"}, "turbo calibrate"),
     ({"sampler": "rcm", "steps": 9}, "rCM sampler runs 1 to"),
 ])
 def test_bad_input_is_a_clear_error_and_the_server_keeps_serving(client, bad, words):

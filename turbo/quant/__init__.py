@@ -64,13 +64,15 @@ class QuantConfig:
 
     mode: str = option("off", "linear-layer quantisation of the transformer blocks (fp8 = W8A8 e4m3, int8 = W8A8 "
                        "int8: per-channel weights, per-token activations; nvfp4 = weight-only NVFP4, e2m1 weights "
-                       "with an e4m3 scale per 16)", choices=QUANT_MODES)
+                       "with an e4m3 scale per 16; nvfp4-mixed = NVFP4 weights, per block and step NVFP4 or INT8 "
+                       "activations by a calibrated router, needs quant_calibration)", choices=QUANT_MODES)
     fast_accum: bool = option(False, "fp8: cuBLASLt fast accumulation (faster on Hopper, less exact sums)")
     calibration: str = option("", "nvfp4-mixed: the router's calibration JSON (alpha, beta) for this transformer, "
                               "written by `turbo calibrate`; required for nvfp4-mixed")
-    mixed_max_error: float = option(0.05, "nvfp4-mixed: a block runs INT8 (high) when its predicted relative error "
-                                    "of the NVFP4 path, alpha * Gamma_prev + beta, exceeds this, else NVFP4 (low); "
-                                    "0 keeps (nearly) every block high", range=(0.0, 1000.0))
+    mixed_max_error: float = option(0.05, "nvfp4-mixed: a block runs INT8 (high) when the predicted relative L1 error "
+                                    "of its NVFP4 path, alpha * Gamma_prev + beta, exceeds this, else NVFP4 (low); "
+                                    "lower = more blocks high (0.05 is turbo's default; the paper gives no value)",
+                                    range=(0.0, 1000.0))
 
     def __post_init__(self):
         validate_options(self, "quant")
@@ -153,6 +155,8 @@ class QuantFeature(Feature):
                         kept.append((module, module.fast_accum))
                         module.fast_accum = section.fast_accum
                 blocks = target.adapter.denoising_blocks(target.model)
+                if section.mode == "nvfp4-mixed":  # checked before the swap changes the fingerprint
+                    calibration = load_calibration(section.calibration, target.model)
                 for parent, attr, linear in block_linears(blocks, weight_only=weight_only):
                     if section.mode == "fp8":
                         quantised = FP8Linear(linear, use_gemm, section.fast_accum)
@@ -168,7 +172,6 @@ class QuantFeature(Feature):
                     swapped.append((parent, attr, linear, linear.weight.device))
                     linear.to("cpu")  # in place: the GPU keeps only the quantised copy; restore moves it back
                 if section.mode == "nvfp4-mixed":
-                    calibration = load_calibration(section.calibration, target.model)
                     settings = RouterSettings(float(calibration["alpha"]), float(calibration["beta"]),
                                               float(section.mixed_max_error))
                     switches = [[m for m in block.modules() if isinstance(m, MixedLinear)] for block in blocks]
