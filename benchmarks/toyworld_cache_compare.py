@@ -4,7 +4,8 @@ MagCache, same prompts and seeds, against the uncached teacher.
     python benchmarks/toyworld_cache_compare.py [--prompts 8] [--steps 50] [--guidance 5] [--frames 17]
         [--configs none,tdc,fbc,mag] [--fbc-threshold 0.05] [--json FILE]
 
-``fp8`` / ``int8``: W8A8 linears instead of a cache (same prompts, PSNR against the unquantised videos).
+``fp8`` / ``int8`` / ``nvfp4``: quantised linears instead of a cache (same prompts, PSNR against the unquantised
+videos); ``mixed@FILE[@MAX_ERROR]``: ``quant="nvfp4-mixed"`` with a `turbo calibrate` file.
 A config may name its threshold: ``tdc@0.1``, ``fbc@0.1``, ``mag@0.12`` (a threshold sweep: ``--configs
 none,tdc@0.03,tdc,tdc@0.1``).
 
@@ -89,6 +90,8 @@ def main() -> int:
                 videos.append(video)
                 seconds += dt
                 judged.append(judge(video, prompt))
+            report = getattr(pipe, "turbo", None)
+            activity = [line.strip() for line in str(report).splitlines() if "quant:" in line] if report else []
         finally:
             counter.remove()
             teardown()
@@ -99,11 +102,12 @@ def main() -> int:
         rows[name] = {"skipped": 1.0 - counter.calls / (per_call * len(prompts)),
                       "psnr_mean_db": float(np.mean(finite)) if finite else float("inf"),
                       "identical": len(values) - len(finite),
-                      "accuracy": aggregate(judged), "seconds_per_video": seconds / len(prompts)}
+                      "accuracy": aggregate(judged), "seconds_per_video": seconds / len(prompts),
+                      "activity": activity}
         acc = rows[name]["accuracy"]
         print(f"| {name} | {100 * rows[name]['skipped']:.1f} % | {rows[name]['psnr_mean_db']:.1f} dB | "
               + " | ".join(f"{100 * acc[k]:.0f}" for k in ("colour", "shape", "motion", "background"))
-              + f" | {rows[name]['seconds_per_video']:.1f} s |", flush=True)
+              + f" | {rows[name]['seconds_per_video']:.1f} s |" + (f" {activity[0]}" if activity else ""), flush=True)
     out = {"model": args.model, "prompts": len(prompts), "call": kwargs, "device": args.device,
            "torch": torch.__version__, "turbo_cache_defaults": turbo.TurboConfig().cache.__dict__,
            "command": "python benchmarks/toyworld_cache_compare.py " + " ".join(sys.argv[1:]), "rows": rows}
@@ -123,8 +127,13 @@ def _config(name, pipe, first, kwargs, args):
 
     if name == "none":
         return nothing, nothing
-    if name in ("fp8", "int8"):  # W8A8 linears (issue 13's quality bar for quantisation; nothing is skipped)
+    if name in ("fp8", "int8", "nvfp4"):  # quantised linears (issue 13's quality bars; nothing is skipped)
         return (lambda: turbo.accelerate(pipe, quant=name)), (lambda: turbo.restore(pipe))
+    if name.startswith("mixed@"):  # nvfp4-mixed with a `turbo calibrate` file: "mixed@FILE" or "mixed@FILE@max_error"
+        _, path, *budget = name.split("@")
+        extra = {"quant_mixed_max_error": float(budget[0])} if budget else {}
+        return (lambda: turbo.accelerate(pipe, quant="nvfp4-mixed", quant_calibration=path, **extra)), \
+            (lambda: turbo.restore(pipe))
     name, _, value = name.partition("@")  # "tdc@0.1" / "fbc@0.1": that threshold
     if name == "tdc":
         options = {"cache_threshold": float(value)} if value else {}
