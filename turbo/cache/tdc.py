@@ -42,8 +42,10 @@ from dataclasses import dataclass
 
 import torch
 from diffusers.hooks._helpers import TransformerBlockRegistry
-from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManager
+from diffusers.hooks.hooks import BaseState, ModelHook, StateManager
 from diffusers.utils.torch_utils import unwrap_module
+
+from ..block_hooks import install_block_hooks, remove_block_hooks
 
 HOOK_NAME = "turbo.tdc"
 DEFAULT_BRANCH = "default"
@@ -149,27 +151,10 @@ class TransformerCache:
 
     # ---------------------------------------------------------------------------------------------- install/undo
     def install(self) -> None:
-        try:
-            for index, block in enumerate(self.blocks):
-                had_registry, had_forward = hasattr(block, "_diffusers_hook"), "forward" in vars(block)
-                registry = HookRegistry.check_if_exists_or_initialize(block)
-                self.installed.append((block, had_registry, had_forward))
-                registry.register_hook(TDCBlockHook(self, index), HOOK_NAME)
-        finally:
-            HookRegistry.check_if_exists_or_initialize(self.model).invalidate_child_registries_cache()
+        install_block_hooks(self.model, self.blocks, lambda index: TDCBlockHook(self, index), HOOK_NAME, self.installed)
 
     def remove(self) -> None:
-        for block, had_registry, had_forward in reversed(self.installed):
-            registry = block._diffusers_hook
-            registry.remove_hook(HOOK_NAME, recurse=False)
-            if not registry.hooks:
-                if not had_registry:
-                    del block._diffusers_hook
-                if not had_forward and "forward" in vars(block):
-                    del block.forward
-        self.installed.clear()
-        if hasattr(self.model, "_diffusers_hook"):
-            self.model._diffusers_hook.invalidate_child_registries_cache()
+        remove_block_hooks(self.model, HOOK_NAME, self.installed)
         self.states.reset()
 
     def skipped_fraction(self) -> float:

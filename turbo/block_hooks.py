@@ -1,0 +1,41 @@
+"""Installing and removing one named diffusers `ModelHook` per transformer block, leaving each block exactly as it was
+(shared by the Temporal Delta Cache, turbo/cache/tdc.py, and the nvfp4-mixed router, turbo/quant/router.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from diffusers.hooks.hooks import HookRegistry, ModelHook
+from torch import nn
+
+Installed = list[tuple[nn.Module, bool, bool]]  # (block, it had a hook registry, it had an instance `forward`)
+
+
+def install_block_hooks(model: nn.Module, blocks: list[nn.Module], make_hook: Callable[[int], ModelHook], name: str,
+                        installed: Installed) -> None:
+    """Register `make_hook(index)` under `name` on every block, appending to `installed` as it goes (so a failure
+    part-way can be undone by `remove_block_hooks`)."""
+    try:
+        for index, block in enumerate(blocks):
+            had_registry, had_forward = hasattr(block, "_diffusers_hook"), "forward" in vars(block)
+            registry = HookRegistry.check_if_exists_or_initialize(block)
+            installed.append((block, had_registry, had_forward))
+            registry.register_hook(make_hook(index), name)
+    finally:
+        HookRegistry.check_if_exists_or_initialize(model).invalidate_child_registries_cache()
+
+
+def remove_block_hooks(model: nn.Module, name: str, installed: Installed) -> None:
+    """Remove the hooks `install_block_hooks` registered; a block left without hooks loses the registry and the
+    instance `forward` diffusers added, if it had none before. Empties `installed`."""
+    for block, had_registry, had_forward in reversed(installed):
+        registry = block._diffusers_hook
+        registry.remove_hook(name, recurse=False)
+        if not registry.hooks:
+            if not had_registry:
+                del block._diffusers_hook
+            if not had_forward and "forward" in vars(block):
+                del block.forward
+    installed.clear()
+    if hasattr(model, "_diffusers_hook"):
+        model._diffusers_hook.invalidate_child_registries_cache()
