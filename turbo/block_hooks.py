@@ -1,11 +1,15 @@
-"""Installing and removing one named diffusers `ModelHook` per transformer block, leaving each block exactly as it was
-(shared by the Temporal Delta Cache, turbo/cache/tdc.py, and the nvfp4-mixed router, turbo/quant/router.py)."""
+"""One named diffusers `ModelHook` per transformer block: the hook base, installing and removing them (each block left
+exactly as it was), and the relative-L1 sums both users read (the Temporal Delta Cache, turbo/cache/tdc.py, and the
+nvfp4-mixed router, turbo/quant/router.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+import torch
+from diffusers.hooks._helpers import TransformerBlockRegistry
 from diffusers.hooks.hooks import HookRegistry, ModelHook
+from diffusers.utils.torch_utils import unwrap_module
 from torch import nn
 
 Installed = list[tuple[nn.Module, bool, bool]]  # (block, it had a hook registry, it had an instance `forward`)
@@ -39,3 +43,28 @@ def remove_block_hooks(model: nn.Module, name: str, installed: Installed) -> Non
     installed.clear()
     if hasattr(model, "_diffusers_hook"):
         model._diffusers_hook.invalidate_child_registries_cache()
+
+
+class BlockHook(ModelHook):
+    """A stateful per-block hook of block `index`, owned by `owner` (whose `states` StateManager becomes this hook's
+    `states` attribute, so diffusers' `cache_context` sets its context); reads the block class's diffusers metadata
+    (argument names, return layout) at initialisation."""
+
+    _is_stateful = True
+
+    def __init__(self, owner, index: int):
+        super().__init__()
+        self.index = index
+        self.states = owner.states
+        self._metadata = None
+
+    def initialize_hook(self, module):
+        self._metadata = TransformerBlockRegistry.get(unwrap_module(module).__class__)
+        return module
+
+
+def l1_sums(new: Sequence[torch.Tensor], old: Sequence[torch.Tensor]) -> torch.Tensor:
+    """[Σ|new − old|, Σ|old|] in fp32 over every stream (shape [2], detached); stays on the device."""
+    delta = sum(torch.sum((a - b).abs(), dtype=torch.float32) for a, b in zip(new, old, strict=True))
+    norm = sum(torch.sum(b.abs(), dtype=torch.float32) for b in old)
+    return torch.stack([delta, norm]).detach()

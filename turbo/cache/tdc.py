@@ -41,11 +41,9 @@ from collections import Counter
 from dataclasses import dataclass
 
 import torch
-from diffusers.hooks._helpers import TransformerBlockRegistry
-from diffusers.hooks.hooks import BaseState, ModelHook, StateManager
-from diffusers.utils.torch_utils import unwrap_module
+from diffusers.hooks.hooks import BaseState, StateManager
 
-from ..block_hooks import install_block_hooks, remove_block_hooks
+from ..block_hooks import BlockHook, install_block_hooks, l1_sums, remove_block_hooks
 
 HOOK_NAME = "turbo.tdc"
 DEFAULT_BRANCH = "default"
@@ -162,28 +160,12 @@ class TransformerCache:
         return sum(c["skipped"] for c in self.counts.values()) / total if total else 0.0
 
 
-def _residual_sums(new: tuple[torch.Tensor, ...], old: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """[Σ|new − old|, Σ|old|] in fp32 over every stream (shape [2]); stays on the device."""
-    delta = sum(torch.sum((a - b).abs(), dtype=torch.float32) for a, b in zip(new, old, strict=True))
-    norm = sum(torch.sum(b.abs(), dtype=torch.float32) for b in old)
-    return torch.stack([delta, norm])
-
-
-class TDCBlockHook(ModelHook):
+class TDCBlockHook(BlockHook):
     """Per-block hook: skip (input + cached residual) or compute (and cache output − input)."""
 
-    _is_stateful = True
-
     def __init__(self, cache: TransformerCache, index: int):
-        super().__init__()
+        super().__init__(cache, index)
         self.cache = cache
-        self.index = index
-        self.states = cache.states  # a StateManager attribute, so `cache_context` sets its context
-        self._metadata = None
-
-    def initialize_hook(self, module):
-        self._metadata = TransformerBlockRegistry.get(unwrap_module(module).__class__)
-        return module
 
     @torch.compiler.disable(recursive=False)
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
@@ -213,7 +195,7 @@ class TDCBlockHook(ModelHook):
             residual = tuple((o - x).detach() for o, x in zip(outs, inputs, strict=True))
             old = state.residuals[index]
             if old is not None:
-                state.pending[index] = (_residual_sums(residual, old), step - state.computed_at[index])
+                state.pending[index] = (l1_sums(residual, old), step - state.computed_at[index])
             state.residuals[index] = residual
             state.computed_at[index] = step
         return output

@@ -83,6 +83,16 @@ def int8_linear_triton(x: Tensor, weight_q: Tensor, weight_scale: Tensor, bias: 
 BACKENDS = ("triton", "int_mm", "reference")
 
 
+def int8_linear_with(backend: str, x: Tensor, weight_q: Tensor, weight_scale: Tensor, bias: Tensor | None) -> Tensor:
+    """The INT8 W8A8 linear through `backend` (one of `BACKENDS`): `int8_linear_triton`, `int8_linear` or
+    `int8_linear_reference`."""
+    if backend == "triton":
+        return int8_linear_triton(x, weight_q, weight_scale, bias)
+    if backend == "int_mm":
+        return int8_linear(x, weight_q, weight_scale, bias)
+    return int8_linear_reference(x, weight_q, weight_scale, bias)
+
+
 def int_mm_ready(features: tuple[int, int]) -> bool:
     """Whether `torch._int_mm` takes a [N, K] weight (both multiples of 8)."""
     return all(f % 8 == 0 for f in features)
@@ -109,11 +119,7 @@ class INT8Linear(nn.Module):
         self.backend = backend
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.backend == "triton":
-            return int8_linear_triton(x, self.weight_q, self.weight_scale, self.bias)
-        if self.backend == "int_mm":
-            return int8_linear(x, self.weight_q, self.weight_scale, self.bias)
-        return int8_linear_reference(x, self.weight_q, self.weight_scale, self.bias)
+        return int8_linear_with(self.backend, x, self.weight_q, self.weight_scale, self.bias)
 
     def extra_repr(self) -> str:
         path = {"triton": "int8 GEMM (turbo Triton, fused scales)", "int_mm": "int8 GEMM (torch._int_mm)",

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .int8 import int8_linear, int8_linear_reference, int8_linear_triton, int_mm_ready, quantize_weight_int8
+from .int8 import int8_linear_reference, int8_linear_with, int_mm_ready, quantize_weight_int8
 from .nvfp4 import (
     BLOCK,
     E2M1_MAX,
@@ -115,11 +115,7 @@ class MixedLinear(nn.Module):
                 bias = None if self.bias is None else self.bias.to(x.dtype)
                 return F.linear(fake_quantize_nvfp4_rows(x).to(x.dtype), w, bias)
             return mixed_low_reference(x, self.packed, self.block_scale, self.tensor_scale, self.bias)
-        if self.high_backend == "triton":
-            return int8_linear_triton(x, self.weight_q, self.weight_scale, self.bias)
-        if self.high_backend == "int_mm":
-            return int8_linear(x, self.weight_q, self.weight_scale, self.bias)
-        return int8_linear_reference(x, self.weight_q, self.weight_scale, self.bias)
+        return int8_linear_with(self.high_backend, x, self.weight_q, self.weight_scale, self.bias)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, precision={self.precision} "

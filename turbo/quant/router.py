@@ -27,12 +27,10 @@ from collections import Counter
 from dataclasses import dataclass
 
 import torch
-from diffusers.hooks._helpers import TransformerBlockRegistry
-from diffusers.hooks.hooks import BaseState, ModelHook, StateManager
-from diffusers.utils.torch_utils import unwrap_module
+from diffusers.hooks.hooks import BaseState, StateManager
 from torch import nn
 
-from ..block_hooks import install_block_hooks, remove_block_hooks
+from ..block_hooks import BlockHook, install_block_hooks, l1_sums, remove_block_hooks
 from ..errors import TurboConfigError
 
 HOOK_NAME = "turbo.quant.router"
@@ -151,28 +149,12 @@ class TransformerRouter:
             self._pending_samples.clear()
 
 
-def _l1_sums(new: list[torch.Tensor], old: list[torch.Tensor]) -> torch.Tensor:
-    """[Σ|new − old|, Σ|old|] in fp32 over every stream (shape [2]); stays on the device."""
-    delta = sum(torch.sum((a - b).abs(), dtype=torch.float32) for a, b in zip(new, old, strict=True))
-    norm = sum(torch.sum(b.abs(), dtype=torch.float32) for b in old)
-    return torch.stack([delta, norm]).detach()
-
-
-class RouterBlockHook(ModelHook):
+class RouterBlockHook(BlockHook):
     """Per-block hook: set the block's precision from Γ_prev (routing) or run it twice and record (calibration)."""
 
-    _is_stateful = True
-
     def __init__(self, router: TransformerRouter, index: int):
-        super().__init__()
+        super().__init__(router, index)
         self.router = router
-        self.index = index
-        self.states = router.states  # a StateManager attribute, so `cache_context` sets its context
-        self._metadata = None
-
-    def initialize_hook(self, module):
-        self._metadata = TransformerBlockRegistry.get(unwrap_module(module).__class__)
-        return module
 
     @torch.compiler.disable(recursive=False)
     def new_forward(self, module: nn.Module, *args, **kwargs):
@@ -195,7 +177,7 @@ class RouterBlockHook(ModelHook):
                 finally:
                     for switch in router.switches[index]:
                         switch.low = False
-                router._pending_samples.append((gamma, _l1_sums(low, full)))
+                router._pending_samples.append((gamma, l1_sums(low, full)))
         else:
             precision = route(router.settings, gamma)
             for switch in router.switches[index]:
@@ -204,7 +186,7 @@ class RouterBlockHook(ModelHook):
             router.decided_at[branch].append((router.runtime.step_index, index, precision))
             output = self.fn_ref.original_forward(*args, **kwargs)
             full = self._unpack(output)
-        state.pending[index] = _l1_sums(full, inputs)
+        state.pending[index] = l1_sums(full, inputs)
         return output
 
     def _unpack(self, output) -> list[torch.Tensor]:
