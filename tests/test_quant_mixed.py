@@ -360,8 +360,15 @@ def test_regional_compile_gives_the_eager_video(wan, tmp_path):
         turbo.accelerate(wan, quant="nvfp4-mixed", quant_calibration=path, compile=compile_mode,
                          compile_backend="eager")
         try:
+            from torch._dynamo.utils import counters
+
+            counters.clear()
             videos.append(run(wan, "wan-t2v", num_inference_steps=STEPS, **CFG))
             counts.append({b: dict(c) for b, c in _routers(wan)[0].counts.items()})
+            graphs = counters["stats"]["unique_graphs"]
+            run(wan, "wan-t2v", num_inference_steps=STEPS + 2, **CFG)  # more steps, both routes again
+            if compile_mode == "regional":  # the block once per route (low, high) + 1 other; none per step or call
+                assert 0 < graphs <= 3 and counters["stats"]["unique_graphs"] == graphs
         finally:
             turbo.restore(wan)
             torch._dynamo.reset()

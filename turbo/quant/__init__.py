@@ -211,17 +211,14 @@ class QuantFeature(Feature):
 
     def describe(self, section: QuantConfig) -> str:
         if section.mode == "nvfp4-mixed":
-            alpha = beta = float("nan")
-            if section.calibration:
-                try:
-                    with open(section.calibration, encoding="utf-8") as handle:
-                        data = json.load(handle)
-                    alpha, beta = float(data["alpha"]), float(data["beta"])
-                except (OSError, ValueError, KeyError, TypeError):
-                    pass
+            try:  # install checked it against the model; describe only reports it
+                with open(section.calibration, encoding="utf-8") as handle:
+                    data = json.load(handle)
+                fit = f"alpha {float(data['alpha']):.4g}, beta {float(data['beta']):.4g}"
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                fit = f"calibration {section.calibration!r} unreadable now ({type(error).__name__})"
             return (f"nvfp4-mixed: NVFP4 weights, per block and step NVFP4 activations (low) or INT8 W8A8 (high) "
-                    f"when alpha·Γ + beta > max error; alpha {alpha:.4g}, beta {beta:.4g}, max error "
-                    f"{section.mixed_max_error:g}")
+                    f"when alpha·Γ + beta > max error; {fit}, max error {section.mixed_max_error:g}")
         if section.mode == "nvfp4":
             return "nvfp4: weight-only NVFP4 linears in the transformer blocks (e2m1 weights, e4m3 scale per 16, " \
                    "fp32 tensor scale; activations in their dtype)"
