@@ -264,16 +264,22 @@ def test_unsupported_teacher_is_one_sentence(cache, tmp_path):
     assert "HunyuanVideoPipeline" in message and "WanPipeline" in message and message.count(". ") == 0
 
 
-def test_sharded_launches_are_refused_in_one_sentence(pipe, cache, tmp_path):
+def test_launches_the_trainer_does_not_run_are_refused_in_one_sentence(pipe, cache, tmp_path):
     from types import SimpleNamespace
 
     from accelerate.utils import DistributedType
 
-    for kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        with pytest.raises(TurboConfigError, match="sharding is not supported") as info:
-            distill(pipe, tiny_toyworld(), cache, tmp_path / kind.name,
-                    accelerator=SimpleNamespace(distributed_type=kind))
-        assert kind.name in str(info.value) and "DDP" in str(info.value)
+    refused = [(SimpleNamespace(distributed_type=DistributedType.DEEPSPEED), tiny_toyworld(), "DEEPSPEED"),
+               (SimpleNamespace(distributed_type=DistributedType.FSDP, is_fsdp2=False), tiny_toyworld(),
+                "--fsdp_version 2"),
+               (SimpleNamespace(distributed_type=DistributedType.FSDP, is_fsdp2=True),
+                tiny_toyworld(mode="sla2-stage1"), "launch it with DDP")]
+    for i, (accelerator, config, words) in enumerate(refused):
+        with pytest.raises(TurboConfigError) as info:
+            distill(pipe, config, cache, tmp_path / str(i), accelerator=accelerator)
+        message = str(info.value)
+        assert words in message and message.count(". ") == 0, message
+        assert not (tmp_path / str(i)).exists()
 
 
 def test_config_files_and_command_line_bad_input(tmp_path, capsys):

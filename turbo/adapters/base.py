@@ -17,6 +17,20 @@ from ..runtime import AttentionCall, TurboRuntime
 METHOD_ATTR = "turbo_attention"  # name of the method submodule installed under each self-attention module
 
 
+def model_class(module: nn.Module) -> type:
+    """The module's own class, also under FSDP2: `fully_shard` swaps a module's class for a generated subclass
+    named ``FSDP<Name>`` (bases ``FSDPModule``, the original class)."""
+    for cls in type(module).__mro__:
+        if not cls.__name__.startswith("FSDP"):
+            return cls
+    return type(module)
+
+
+def class_name(module: nn.Module) -> str:
+    """`model_class(module).__name__` (``WanTransformer3DModel`` for an FSDP-sharded one too)."""
+    return model_class(module).__name__
+
+
 @dataclass
 class SelfAttentionSite:
     """One self-attention module, its path in the transformer and its block position (layer index)."""
@@ -41,7 +55,7 @@ class ModelAdapter:
     class_names: tuple[str, ...] = ()
 
     def matches(self, model: nn.Module) -> bool:
-        return type(model).__name__ in self.class_names
+        return class_name(model) in self.class_names
 
     def self_attention_sites(self, model: nn.Module) -> list[SelfAttentionSite]:
         raise NotImplementedError
@@ -55,7 +69,7 @@ class ModelAdapter:
     def repeated_blocks(self, model: nn.Module) -> list[nn.Module]:
         """The blocks regional compilation compiles (the classes named by the model's `_repeated_blocks`)."""
         names = set(getattr(model, "_repeated_blocks", None) or ())
-        return [m for m in model.modules() if type(m).__name__ in names]
+        return [m for m in model.modules() if class_name(m) in names]
 
     def denoising_blocks(self, model: nn.Module) -> list[nn.Module]:
         """The main transformer blocks over the video tokens (what quantisation and caching act on); by default the

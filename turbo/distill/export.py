@@ -100,14 +100,17 @@ def _card(config: DistillConfig, info: dict, notes: list[str], files: list[str])
 
 
 def export_student(student: torch.nn.Module, directory, config: DistillConfig, *, ema=None,
-                   dtype: torch.dtype = torch.bfloat16, notes: list[str] | tuple = (), info: dict | None = None
-                   ) -> Path:
+                   state: dict[str, torch.Tensor] | None = None, dtype: torch.dtype = torch.bfloat16,
+                   notes: list[str] | tuple = (), info: dict | None = None) -> Path:
     """Write the export directory (module docstring) of `student` (an unwrapped diffusers transformer, accelerated by
     turbo when its attention is a turbo method) with the `ema` weights (a `PowerEMA`/`EMA`, or None: the live
-    weights). `info`: card facts (teacher, data, samples, steps, seconds, device...). Returns the directory."""
+    weights), or with `state` when given (the full state dict to write, e.g. gathered from an FSDP-sharded student
+    by `turbo.training.sharding.full_model_state`). `info`: card facts (teacher, data, samples, steps, seconds,
+    device...). Returns the directory."""
     from safetensors.torch import save_file
 
     from turbo.adapters import METHOD_ATTR
+    from turbo.adapters.base import model_class
     from turbo.attention.parts import CONFIG_KEY, METHOD_KEY, PARTS_FILE
     from turbo.recipe import save_recipe
 
@@ -116,11 +119,12 @@ def export_student(student: torch.nn.Module, directory, config: DistillConfig, *
     info = dict(info or {})
     info.setdefault("dtype", str(dtype).replace("torch.", ""))
     attention = config.turbo_attention()
-    with _with_ema(student, ema):
-        state = {k: v.detach().cpu() for k, v in student.state_dict().items()}
+    if state is None:
+        with _with_ema(student, ema):
+            state = {k: v.detach().cpu() for k, v in student.state_dict().items()}
     parts = {k: v.float().contiguous() for k, v in state.items() if f".{METHOD_ATTR}." in k}
     weights = {k: v for k, v in state.items() if f".{METHOD_ATTR}." not in k}
-    plain = type(student).from_config(student.config)
+    plain = model_class(student).from_config(student.config)
     plain.load_state_dict(weights)
     for name, param in plain.named_parameters():
         if param.is_floating_point() and not _keep_fp32(plain, name):

@@ -274,10 +274,11 @@ class JVPAttnProcessor:
 
 
 def _family(transformer: torch.nn.Module) -> str:
+    from ..adapters.base import class_name
     from ..adapters.hunyuan import HunyuanVideoAdapter
     from ..adapters.wan import WanAdapter
 
-    name = type(transformer).__name__
+    name = class_name(transformer)
     for adapter in (WanAdapter, HunyuanVideoAdapter):
         if name in adapter.class_names:
             return adapter.family

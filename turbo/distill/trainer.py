@@ -63,6 +63,13 @@ from turbo.training import (
     save_checkpoint,
     split_tensors,
 )
+from turbo.training.sharding import (
+    full_model_state,
+    full_optimizer_state,
+    full_tensor,
+    load_model_state,
+    load_optimizer_state,
+)
 
 from . import losses as L
 from .config import RUNTIME_KEYS, DistillConfig
@@ -82,6 +89,7 @@ TEXT_KWARGS = {"wan": {"prompt_embeds": "encoder_hidden_states"},
                                 "pooled_prompt_embeds": "pooled_projections"}}
 DENSE_JVP_NOTE = ("the sCM tangent (JVP) runs with the student's attention dense: turbo's sparse methods have no "
                   "forward-mode (JVP) path yet, so only the with-gradient forward and the DMD simulation use SLA")
+CHECKPOINT_FORMAT = "full-by-name"  # full tensors, optimizer state keyed by parameter name (turbo.training.sharding)
 _THETA_MIN = 1e-3  # smallest TrigFlow angle drawn (F = (cos θ·x − x0)/sin θ)
 
 
@@ -104,6 +112,7 @@ def teacher_family(pipe) -> str:
     """'wan' or 'hunyuanvideo' for a supported teacher pipeline; anything else raises `UnsupportedModelError` (one
     sentence)."""
     from turbo.adapters import find_transformers
+    from turbo.adapters.base import class_name
     from turbo.adapters.hunyuan import HunyuanVideoAdapter
     from turbo.adapters.wan import WanAdapter
 
@@ -112,7 +121,7 @@ def teacher_family(pipe) -> str:
         found = find_transformers(pipe)
     except TurboError:
         found = []
-    kind = type(found[0][1]).__name__ if len(found) == 1 else None
+    kind = class_name(found[0][1]) if len(found) == 1 else None
     config = getattr(found[0][1], "config", {}) if found else {}
     plain_t2v = getattr(pipe, "transformer_2", None) is None and "ImageToVideo" not in name
     if plain_t2v and kind in WanAdapter.class_names:
@@ -365,10 +374,45 @@ def _finite(loss: torch.Tensor, what: str, step: int, out: Path) -> float:
 # ------------------------------------------------------------------------------------------------------- the trainer
 
 
+def _fsdp_launch(accelerator, config: DistillConfig) -> bool:
+    """True under accelerate's FSDP2; one sentence for the launches the trainer does not run."""
+    kind = str(accelerator.distributed_type).rsplit(".", 1)[-1]
+    if kind in ("DEEPSPEED", "MEGATRON_LM"):
+        raise TurboConfigError(f"turbo distill runs on one process, with DDP (`accelerate launch --multi_gpu`, "
+                               f"`torchrun`) or with FSDP2 (`accelerate launch --use_fsdp --fsdp_version 2`); "
+                               f"{kind} is not supported.")
+    if kind != "FSDP":
+        return False
+    if not accelerator.is_fsdp2:
+        raise TurboConfigError("turbo distill shards with FSDP2 only: launch with `--fsdp_version 2` (FSDP1's flat "
+                               "parameters are not supported).")
+    if config.mode == "sla2-stage1":
+        raise TurboConfigError("mode 'sla2-stage1' trains only the SLA2 router parameters and calls the attention "
+                               "modules outside the model's forward, which FSDP cannot shard; launch it with DDP "
+                               "(`accelerate launch --multi_gpu`).")
+    return True
+
+
+def _default_fsdp_wrap(accelerator, model: torch.nn.Module) -> None:
+    """Shard each transformer block as its own FSDP unit (the model's ``_repeated_blocks`` present in it) unless the
+    launch chose a wrap policy: without one the whole model would be a single unit, all-gathered at once."""
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    from turbo.adapters.base import class_name
+
+    plugin = accelerator.state.fsdp_plugin
+    if plugin.auto_wrap_policy is not None:
+        return
+    present = {class_name(m) for m in model.modules()}
+    plugin.auto_wrap_policy = transformer_auto_wrap_policy
+    plugin.transformer_cls_names_to_wrap = [n for n in getattr(model, "_repeated_blocks", ()) or () if n in present]
+
+
 class _Run:
     def __init__(self, pipe, config: DistillConfig, data, out: Path, accelerator):
         self.pipe, self.config, self.data, self.out, self.acc = pipe, config, data, out, accelerator
         self.device = accelerator.device
+        self.fsdp = _fsdp_launch(accelerator, config)
         self.notes: list[str] = []
         teacher = check_teacher(pipe)
         self.family = teacher_family(pipe)
@@ -410,6 +454,8 @@ class _Run:
                 p.requires_grad_(f".{METHOD_ATTR}." in name)
         if config.gradient_checkpointing:
             student.enable_gradient_checkpointing()
+        if self.fsdp:
+            _default_fsdp_wrap(accelerator, student)
         self.plan = StepPlan(config.steps)
         opt, self.sched = build_optimizer(student.parameters(), config.train_config(), self.plan)
         self.fake_net = None
@@ -418,7 +464,12 @@ class _Run:
             if config.gradient_checkpointing:
                 fake.enable_gradient_checkpointing()
             fake_opt, self.fake_sched = build_optimizer(fake.parameters(), config.train_config(fake=True), self.plan)
-            self.student_p, self.opt, self.fake_p, self.fake_opt = accelerator.prepare(student, opt, fake, fake_opt)
+            if self.fsdp:  # accelerate's FSDP2 prepares one model (and its optimizer) per call
+                self.student_p, self.opt = accelerator.prepare(student, opt)
+                self.fake_p, self.fake_opt = accelerator.prepare(fake, fake_opt)
+            else:
+                self.student_p, self.opt, self.fake_p, self.fake_opt = accelerator.prepare(student, opt, fake,
+                                                                                           fake_opt)
             self.fake_net = accelerator.unwrap_model(self.fake_p)
             self.fake = TrigFlowModel(self.fake_p)
         else:
@@ -464,18 +515,31 @@ class _Run:
 
     # ---- state
 
-    def tensors_and_state(self) -> tuple[dict, dict]:
-        tensors = {f"student/{k}": v for k, v in self.student_net.state_dict().items()}
-        tensors.update({f"ema/{k}": v for k, v in self.ema.state_dict().items()})
-        opt_skeleton, opt_tensors = split_tensors(self.opt.state_dict(), "opt")
+    def _rng_states(self) -> list[dict]:
+        """Every process's RNG states (its noise generator is its own), gathered: a collective."""
+        rng = capture_rng({"noise": self.gen})
+        if self.acc.num_processes == 1:
+            return [rng]
+        from accelerate.utils import gather_object
+
+        return gather_object([rng])
+
+    def tensors_and_state(self, rngs: list[dict]) -> tuple[dict, dict]:
+        """The checkpoint: full tensors keyed by parameter name (`turbo.training.sharding`), so any launch (one
+        process, DDP, FSDP) resumes any other, and `rngs` (`_rng_states`). Under FSDP a collective: every process
+        calls it; the main process gets the tensors."""
+        tensors = {f"student/{k}": v for k, v in full_model_state(self.student_net).items()}
+        tensors.update({f"ema/{k}": full_tensor(v).cpu() for k, v in self.ema.state_dict().items()})
+        opt_skeleton, opt_tensors = split_tensors(full_optimizer_state(self.student_net, self.opt), "opt")
         tensors.update(opt_tensors)
         state = {"student_iter": self.student_iter, "fake_iter": self.fake_iter, "opt": opt_skeleton,
                  "sched": self.sched.state_dict(), "config": self.config.to_dict(),
                  "data_position": self.step * self.config.batch_size * self.config.grad_accum * self.acc.num_processes,
-                 "rng": capture_rng({"noise": self.gen}), "notes": self.notes}
+                 "rng": rngs, "notes": self.notes, "format": CHECKPOINT_FORMAT}
         if self.fake_net is not None:
-            tensors.update({f"fake/{k}": v for k, v in self.fake_net.state_dict().items()})
-            fake_skeleton, fake_tensors = split_tensors(self.fake_opt.state_dict(), "fake_opt")
+            tensors.update({f"fake/{k}": v for k, v in full_model_state(self.fake_net).items()})
+            fake_skeleton, fake_tensors = split_tensors(full_optimizer_state(self.fake_net, self.fake_opt),
+                                                        "fake_opt")
             tensors.update(fake_tensors)
             state.update(fake_opt=fake_skeleton, fake_sched=self.fake_sched.state_dict())
         return tensors, state
@@ -483,8 +547,10 @@ class _Run:
     def save(self) -> Path | None:
         self.acc.wait_for_everyone()
         path = None
+        rngs = self._rng_states()  # every process takes part in the gathers
+        gathered = self.tensors_and_state(rngs) if self.fsdp else None
         if self.acc.is_main_process:
-            tensors, state = self.tensors_and_state()
+            tensors, state = gathered or self.tensors_and_state(rngs)
             path = save_checkpoint(self.out / "checkpoints", self.step, tensors, state,
                                    keep=self.config.keep_checkpoints)
             logger.info("distill: checkpoint of step %d written to %s", self.step, path)
@@ -492,24 +558,49 @@ class _Run:
         return path
 
     def load(self) -> None:
-        ckpt = load_checkpoint(self.out / "checkpoints", device=self.device)
+        ckpt = load_checkpoint(self.out / "checkpoints")  # CPU tensors, copied into (the shards of) each model
         saved = DistillConfig.from_dict(ckpt.state["config"])
         differ = saved.diff(self.config, ignore=RUNTIME_KEYS)
         if differ:
             listed = ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in differ.items())
             raise TurboConfigError(f"--resume refused: the config differs from the checkpoint's in {listed}; resume "
                                    "with the original config or start a new output directory.")
-        self.student_net.load_state_dict(ckpt.group("student"))
+        by_name = ckpt.state.get("format") == CHECKPOINT_FORMAT  # else: an id-keyed optimizer state (older runs)
+        if not by_name and self.fsdp:
+            raise TurboConfigError(f"--resume under FSDP needs a checkpoint written by this version of turbo; "
+                                   f"{ckpt.path} predates it: resume it without FSDP.")
+
+        def load_optimizer(model, optimizer, key):
+            state = join_tensors(ckpt.state[key], ckpt.tensors)
+            if by_name:
+                load_optimizer_state(model, optimizer, state)
+            else:
+                optimizer.load_state_dict(state)
+
+        load_model_state(self.student_net, ckpt.group("student"))
         self.ema.load_state_dict(ckpt.group("ema"))
-        self.opt.load_state_dict(join_tensors(ckpt.state["opt"], ckpt.tensors))
+        load_optimizer(self.student_net, self.opt, "opt")
         self.sched.load_state_dict(ckpt.state["sched"])
         if self.fake_net is not None:
-            self.fake_net.load_state_dict(ckpt.group("fake"))
-            self.fake_opt.load_state_dict(join_tensors(ckpt.state["fake_opt"], ckpt.tensors))
+            load_model_state(self.fake_net, ckpt.group("fake"))
+            load_optimizer(self.fake_net, self.fake_opt, "fake_opt")
             self.fake_sched.load_state_dict(ckpt.state["fake_sched"])
         self.student_iter, self.fake_iter, self.step = ckpt.state["student_iter"], ckpt.state["fake_iter"], ckpt.step
-        restore_rng(ckpt.state["rng"], {"noise": self.gen})
+        self._restore_rng(ckpt.state["rng"])
         logger.info("distill: resumed from %s (step %d)", ckpt.path, ckpt.step)
+
+    def _restore_rng(self, saved) -> None:
+        """This process's RNG states from the checkpoint's list (one per process; older checkpoints hold one)."""
+        states = saved if isinstance(saved, list) else [saved]
+        if len(states) == self.acc.num_processes:
+            restore_rng(states[self.acc.process_index], {"noise": self.gen})
+            return
+        restore_rng(states[0], {})
+        self.gen.manual_seed(self.config.seed * 7919 + self.acc.process_index + 104729 * self.step)
+        note = (f"resumed at step {self.step} with {self.acc.num_processes} processes from a run of {len(states)}: "
+                "each process's noise was re-seeded, so the continuation is not the uninterrupted run's")
+        self.notes.append(note)
+        logger.warning("distill: %s", note)
 
     # ---- pieces
 
@@ -751,8 +842,9 @@ class _Run:
         finally:
             pipe.transformer, pipe.scheduler = original_transformer, original_scheduler
             self.student_net.train(was_training)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        export_to_video(list(frames), str(path), fps=8)
+        if self.acc.is_main_process:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            export_to_video(list(frames), str(path), fps=8)
         return path
 
 
@@ -792,11 +884,7 @@ def distill(pipe, config: DistillConfig, data, output_dir, *, resume: bool = Fal
     if accelerator is None:
         # cpu=True on a machine without CUDA: accelerate then joins a `torchrun` / `accelerate launch` group on gloo
         accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
-    sharded = str(accelerator.distributed_type).rsplit(".", 1)[-1]
-    if sharded in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
-        raise TurboConfigError(f"turbo distill runs on one process or with DDP (`accelerate launch --multi_gpu`, "
-                               f"`torchrun`); {sharded} sharding is not supported (the rCM tangents go through "
-                               "torch.func.jvp on unsharded modules).")
+    _fsdp_launch(accelerator, config)  # refuses what the trainer does not run before anything is built
     started = time.perf_counter()
     if not resume and latest_checkpoint(out / "checkpoints") is not None:
         raise TurboConfigError(f"{out} already holds checkpoints; pass resume=True (--resume) to continue that run or "
@@ -829,8 +917,9 @@ def distill(pipe, config: DistillConfig, data, output_dir, *, resume: bool = Fal
                 flags = accelerator.reduce(torch.tensor([float(stop), float(timeup)], device=accelerator.device),
                                            reduction="sum")
                 stop, timeup = bool(flags[0].item() > 0), bool(flags[1].item() > 0)
-            if config.sample_every and run.step % config.sample_every == 0 and accelerator.is_main_process:
-                run.sample(out / "samples" / f"step-{run.step:08d}.mp4")
+            if config.sample_every and run.step % config.sample_every == 0 and (accelerator.is_main_process
+                                                                                 or run.fsdp):
+                run.sample(out / "samples" / f"step-{run.step:08d}.mp4")  # (FSDP: every process runs the model)
             if (stop or timeup or (config.save_every and run.step % config.save_every == 0)
                     or run.step >= config.steps):
                 checkpoint = run.save()
@@ -843,6 +932,10 @@ def distill(pipe, config: DistillConfig, data, output_dir, *, resume: bool = Fal
                                run.step, checkpoint)
                 break
     export_dir = None
+    exported = None
+    if export and not interrupted and run.fsdp:  # gathered by every process
+        with run.ema_weights() as student:
+            exported = full_model_state(student)
     if export and not interrupted and accelerator.is_main_process:
         from .export import export_student
 
@@ -851,7 +944,8 @@ def distill(pipe, config: DistillConfig, data, output_dir, *, resume: bool = Fal
                 "samples": len(data), "steps": run.step, "student_updates": run.student_iter,
                 "fake_updates": run.fake_iter, "processes": accelerator.num_processes,
                 "seconds": time.perf_counter() - started, "device": _device_name(accelerator.device)}
-        export_dir = export_student(run.student_net, out / "student", config, ema=run.ema, notes=run.notes, info=info)
+        export_dir = export_student(run.student_net, out / "student", config, ema=None if exported else run.ema,
+                                    state=exported, notes=run.notes, info=info)
     accelerator.wait_for_everyone()
     return DistillResult(out, run.step, interrupted, checkpoint, export_dir, history, run.student_net, run.ema,
                          run.notes)

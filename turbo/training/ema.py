@@ -63,8 +63,10 @@ class EMA:
         missing = sorted(set(self.shadow) - set(state))
         if missing:
             raise KeyError(f"EMA state lacks {len(missing)} tensors, e.g. {missing[0]}")
+        from .sharding import shard_like
+
         for n, tensor in self.shadow.items():
-            tensor.copy_(state[n])
+            tensor.copy_(shard_like(state[n], tensor))  # a full tensor into an FSDP shard too
 
 
 class PowerEMA(EMA):
