@@ -21,6 +21,8 @@ Prints a markdown table and writes JSON (--out).
 
     python3 benchmarks/distill_step.py --out benchmarks/results/distill_step_h200.json
     python3 benchmarks/distill_step.py --smoke   # CPU, tiny Wan: every variant's code path (its test runs this)
+    python3 -m accelerate.commands.launch --num_processes 2 --use_fsdp --fsdp_version 2 \
+        benchmarks/distill_step.py --variants rcm-step-gc   # the step sharded by FSDP2 over 2 GPUs (or --multi_gpu)
 """
 
 from __future__ import annotations
@@ -156,6 +158,7 @@ def _step_variant(name: str, teacher, data, args) -> dict:
         with tempfile.TemporaryDirectory() as out, no_sla:
             acc = _accelerator(args.mixed_precision)
             run = trainer._Run(pipe, config, data, Path(out), acc)
+            row.update(processes=acc.num_processes, launch=str(acc.distributed_type).rsplit(".", 1)[-1])
             if cuda:
                 row["state_gib"] = _gib(torch.cuda.memory_allocated())
             if base == "rcm-step":
@@ -191,6 +194,10 @@ def _step_variant(name: str, teacher, data, args) -> dict:
             row["s_per_step"] = statistics.median(times)
             if cuda:
                 row["peak_gib"] = _gib(torch.cuda.max_memory_allocated())
+                if acc.num_processes > 1:  # each process's GPU (FSDP shards the student, fake score, AdamW, EMA)
+                    from accelerate.utils import gather_object
+
+                    row["peak_gib_per_process"] = gather_object([row["peak_gib"]])
     except torch.cuda.OutOfMemoryError as error:
         row.update(status="OOM", error=f"OutOfMemoryError: {str(error).splitlines()[0][:300]}")
         if cuda:
@@ -298,9 +305,18 @@ def measure(args) -> dict:
             _clean()
         row.setdefault("status", "ok")
         results["rows"][name] = row
+        if not _main_process():
+            continue
         print(name, json.dumps({k: v for k, v in row.items() if k not in ("jvp_configs", "steps_s")}, default=str),
               flush=True)
     return results
+
+
+def _main_process() -> bool:
+    """False in the other processes of an `accelerate launch` (they measure; the first one reports)."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _fmt(value, spec=".2f") -> str:
@@ -334,6 +350,9 @@ def table(results: dict) -> str:
                          f"{_fmt(row.get('fake_step_s'))} s")
         if "attention" in row:
             notes.append(row["attention"])
+        if row.get("processes", 1) > 1:
+            notes.append(f"{row['launch']} × {row['processes']} processes (batch 1 each), peak per GPU "
+                         f"{[round(g, 1) for g in row.get('peak_gib_per_process', [])]} GiB")
         if row["status"] not in ("ok",) and "error" in row:
             notes.append(row["error"][:160])
         lines.append(f"| {name} | {row['status']} | {_fmt(row.get('s_per_step'), '.3f')} | "
@@ -360,6 +379,8 @@ def main(argv=None) -> dict:
     if args.smoke:
         args.steps, args.sim_steps, args.sweep = min(args.steps, 1), min(args.sim_steps, 2), False
     results = measure(args)
+    if not _main_process():
+        return results
     print()
     print(table(results), flush=True)
     if args.out:
