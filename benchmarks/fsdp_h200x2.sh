@@ -17,7 +17,7 @@ FSDP="--use_fsdp --fsdp_version 2"
 if [ "${PART:-step}" = step ]; then
   timeout 330 $LAUNCH $FSDP benchmarks/distill_step.py --variants rcm-step-gc,rcm-step --steps 2 --sim-steps 2 \
     --out $R/step_fsdp.json > $R/step_fsdp.log 2>&1
-  timeout 200 $LAUNCH --multi_gpu benchmarks/distill_step.py --variants rcm-step-gc --steps 2 --sim-steps 2 \
+  [ "${STEP_DDP:-1}" = 1 ] && timeout 200 $LAUNCH --multi_gpu benchmarks/distill_step.py --variants rcm-step-gc --steps 2 --sim-steps 2 \
     --out $R/step_ddp.json > $R/step_ddp.log 2>&1
 else
   (CUDA_VISIBLE_DEVICES=0 timeout 400 python3 benchmarks/quant_memory.py --model wan2.1-t2v-14b --size 480p \

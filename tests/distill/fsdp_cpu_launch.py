@@ -2,7 +2,8 @@
 
 accelerate applies FSDP only to GPU launches (its CPU state is always MULTI_CPU), so for ``--fsdp`` this sets the
 state that ``accelerate launch --use_fsdp --fsdp_version 2`` sets on GPUs; accelerate's own FSDP2 preparation
-(``fully_shard`` per block, the optimizer's parameters swapped for DTensors) then runs on gloo.
+(``fully_shard`` per block, the optimizer's parameters swapped for DTensors) then runs on gloo. The plugin reads the
+``FSDP_*`` environment variables as under ``accelerate launch`` (`ACCELERATE_FSDP_ENV` in the test sets them).
 
     python -m torch.distributed.run --nproc_per_node 2 tests/distill/fsdp_cpu_launch.py CONFIG CACHE OUT [--fsdp]
         [--resume] [--set KEY=VALUE ...]
@@ -39,7 +40,7 @@ def main() -> int:
     accelerator = Accelerator(cpu=True)
     if args.fsdp:
         accelerator.state.distributed_type = DistributedType.FSDP
-        accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin(fsdp_version=2)
+        accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin()  # from the FSDP_* environment
     config = DistillConfig.load(args.config, parse_overrides(args.overrides))
     pipe = DiffusionPipeline.from_pretrained(config.teacher, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)

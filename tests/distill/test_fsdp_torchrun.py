@@ -16,6 +16,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 TEACHER = ROOT / "models" / "toyworld" / "wan-t2v"
 LAUNCH = Path(__file__).with_name("fsdp_cpu_launch.py")
+# what `accelerate launch --use_fsdp --fsdp_version 2` (accelerate 1.15, defaults) puts in the environment
+ACCELERATE_FSDP_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_SHARDING_STRATEGY": "FULL_SHARD",
+                       "FSDP_RESHARD_AFTER_FORWARD": "true", "FSDP_OFFLOAD_PARAMS": "false",
+                       "FSDP_MIN_NUM_PARAMS": "100000000", "FSDP_USE_ORIG_PARAMS": "true",
+                       "FSDP_CPU_RAM_EFFICIENT_LOADING": "true", "FSDP_SYNC_MODULE_STATES": "true",
+                       "FSDP_ACTIVATION_CHECKPOINTING": "false"}
 
 
 def _launch(tmp_path, out: Path, *, fsdp: bool, resume: bool = False) -> str:
@@ -27,7 +33,7 @@ def _launch(tmp_path, out: Path, *, fsdp: bool, resume: bool = False) -> str:
             str(ROOT / "examples" / "distill_toyworld.yaml"), str(tmp_path / "cache"), str(out),
             *(["--fsdp"] if fsdp else []), *(["--resume"] if resume else []),
             *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")]]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(ACCELERATE_FSDP_ENV if fsdp else {})}
     proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return proc.stdout + proc.stderr

@@ -395,12 +395,17 @@ def _fsdp_launch(accelerator, config: DistillConfig) -> bool:
 
 def _default_fsdp_wrap(accelerator, model: torch.nn.Module) -> None:
     """Shard each transformer block as its own FSDP unit (the model's ``_repeated_blocks`` present in it) unless the
-    launch chose a wrap policy: without one the whole model would be a single unit, all-gathered at once."""
+    launch chose a wrap policy: without one the whole model would be a single unit, all-gathered at once.
+
+    Also turns accelerate's ``cpu_ram_efficient_loading`` off (on by default in ``accelerate launch --use_fsdp``):
+    every process already holds the student, a copy of its teacher, and that path (meta model + broadcast from
+    process 0) fails on parameters at the model's root such as Wan's ``scale_shift_table`` (accelerate 1.15)."""
     from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 
     from turbo.adapters.base import class_name
 
     plugin = accelerator.state.fsdp_plugin
+    plugin.cpu_ram_efficient_loading = False
     if plugin.auto_wrap_policy is not None:
         return
     present = {class_name(m) for m in model.modules()}
