@@ -301,7 +301,10 @@ def measure(args) -> dict:
         except SystemExit:
             raise
         except Exception as error:  # keep the other variants' numbers
-            row = {"status": "error", "error": f"{type(error).__name__}: {str(error)[:500]}"}
+            import traceback
+
+            row = {"status": "error", "error": f"{type(error).__name__}: {str(error)[:500]}",
+                   "traceback": traceback.format_exc()[-3000:]}
             _clean()
         row.setdefault("status", "ok")
         results["rows"][name] = row

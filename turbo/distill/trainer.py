@@ -69,6 +69,7 @@ from turbo.training.sharding import (
     full_tensor,
     load_model_state,
     load_optimizer_state,
+    unsharded,
 )
 
 from . import losses as L
@@ -640,7 +641,7 @@ class _Run:
         _, F_T = self._teacher_cfg(x_t, theta, cond, uncond)
         t_x, t_theta = L.scm_tangents(F_T, theta)
         jvp_model = TrigFlowModel(self.student_net)
-        with _dense_attention_for_jvp(self.student_net, self.config.jvp_attention):
+        with _dense_attention_for_jvp(self.student_net, self.config.jvp_attention), unsharded(self.student_net):
             _, t_F = jvp_model.F_and_tangent(x_t, theta, t_x, t_theta, **cond)
         F = self.student(x_t, theta, **cond)
         loss = L.scm_loss(F, F_T, t_F, x_t, theta, r, loss_scale=cfg.scm_loss_scale).sum()

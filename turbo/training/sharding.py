@@ -10,10 +10,13 @@ dict.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 __all__ = ["is_sharded", "full_tensor", "shard_like", "full_model_state", "full_optimizer_state",
-           "load_model_state", "load_optimizer_state"]
+           "load_model_state", "load_optimizer_state", "unsharded"]
 
 
 def is_sharded(module: torch.nn.Module) -> bool:
@@ -85,3 +88,30 @@ def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimize
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
     set_optimizer_state_dict(model, getattr(optimizer, "optimizer", optimizer), state, options=_options())
+
+
+@contextlib.contextmanager
+def unsharded(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """`model` with every FSDP2 unit all-gathered on entry and kept whole until exit (then resharded, each unit's
+    reshard-after-forward setting put back); a no-op for a model that is not sharded.
+
+    For passes that must not run FSDP's collectives and storage frees inside them: ``torch.func.jvp`` wraps the
+    tensors it sees, and FSDP's hooks cannot free or all-gather the storage of such wrappers on CUDA."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if not units:
+        yield model
+        return
+    resharding = []
+    for unit in units:
+        group = unit._get_fsdp_state()._fsdp_param_group  # None for a unit without parameters of its own
+        resharding.append(group is not None and group.post_forward_mesh_info is not None)
+        unit.set_reshard_after_forward(False, recurse=False)
+        unit.unshard()
+    try:
+        yield model
+    finally:
+        for unit, reshard in zip(units, resharding, strict=True):
+            unit.reshard()
+            unit.set_reshard_after_forward(reshard, recurse=False)
