@@ -215,6 +215,8 @@ def _(q, k, v, tq, tk, tv, scale=None):
 def kernel_jvp_fn(q: Tensor, k: Tensor, v: Tensor, tq: Tensor | None, tk: Tensor | None, tv: Tensor | None,
                   scale: float | None = None, chunk: int | None = None) -> tuple[Tensor, Tensor]:
     """The kernel in the `jvp_fn` form of `turbo.distill.jvp_attention.attention_with_jvp`: a None tangent is zero,
-    `chunk` is ignored (the kernel streams over keys); returns (o, t_o) [B, Sq, H, D] in q.dtype."""
-    tq, tk, tv = (torch.zeros_like(x) if t is None else t for x, t in ((q, tq), (k, tk), (v, tv)))
+    `chunk` is ignored (the kernel streams over keys); a tangent comes in its primal's dtype (under FSDP's bf16
+    parameters the RoPE'd q/k tangents arrive in fp32 while q/k are bf16); returns (o, t_o) [B, Sq, H, D] in
+    q.dtype."""
+    tq, tk, tv = (torch.zeros_like(x) if t is None else t.to(x.dtype) for x, t in ((q, tq), (k, tk), (v, tv)))
     return jvp_attention_op(q, k, v, tq, tk, tv, scale)[:2]
