@@ -15,7 +15,7 @@ LAUNCH="python3 -m accelerate.commands.launch --num_processes 2 --num_machines 1
 --dynamo_backend no"
 FSDP="--use_fsdp --fsdp_version 2"
 if [ "${PART:-step}" = step ]; then
-  timeout 330 $LAUNCH $FSDP benchmarks/distill_step.py --variants rcm-step-gc,rcm-step --steps 2 --sim-steps 2 \
+  timeout 330 $LAUNCH $FSDP benchmarks/distill_step.py --variants "${STEP_VARIANTS:-rcm-step-gc,rcm-step}" --steps 2 --sim-steps 2 \
     --out $R/step_fsdp.json > $R/step_fsdp.log 2>&1
   [ "${STEP_DDP:-1}" = 1 ] && timeout 200 $LAUNCH --multi_gpu benchmarks/distill_step.py --variants rcm-step-gc --steps 2 --sim-steps 2 \
     --out $R/step_ddp.json > $R/step_ddp.log 2>&1

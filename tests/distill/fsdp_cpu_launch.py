@@ -37,11 +37,14 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    accelerator = Accelerator(cpu=True)
+    config = DistillConfig.load(args.config, parse_overrides(args.overrides))
+    accelerator = Accelerator(cpu=True, mixed_precision=config.mixed_precision)
     if args.fsdp:
         accelerator.state.distributed_type = DistributedType.FSDP
-        accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin()  # from the FSDP_* environment
-    config = DistillConfig.load(args.config, parse_overrides(args.overrides))
+        plugin = FullyShardedDataParallelPlugin()  # from the FSDP_* environment
+        if config.mixed_precision != "no":
+            plugin.set_mixed_precision(config.mixed_precision)  # as AcceleratorState does for a GPU launch
+        accelerator.state.fsdp_plugin = plugin
     pipe = DiffusionPipeline.from_pretrained(config.teacher, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     result = distill(pipe, config, args.cache, args.out, resume=args.resume, accelerator=accelerator)

@@ -407,6 +407,12 @@ def _default_fsdp_wrap(accelerator, model: torch.nn.Module) -> None:
 
     plugin = accelerator.state.fsdp_plugin
     plugin.cpu_ram_efficient_loading = False
+    if plugin.mixed_precision_policy is not None and getattr(plugin.mixed_precision_policy, "cast_forward_inputs",
+                                                             False):
+        # autocast already runs the blocks in bf16/fp16; FSDP's cast of each unit's inputs is skipped when diffusers'
+        # gradient checkpointing recomputes a block in backward, so the recomputed tensors (RoPE) would differ
+        plugin.mixed_precision_policy = dataclasses.replace(plugin.mixed_precision_policy,
+                                                            cast_forward_inputs=False)
     if plugin.auto_wrap_policy is not None:
         return
     present = {class_name(m) for m in model.modules()}
