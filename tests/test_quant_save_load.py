@@ -54,7 +54,9 @@ def test_loaded_model_is_fp8_without_original_weights_and_runs_bit_identically(s
     assert quantised == saved["quantised"]
     for name in quantised:
         module = model.get_submodule(name)
-        assert "weight" not in dict(module.named_parameters()) and not hasattr(module, "weight")
+        assert "weight" not in dict(module.named_parameters()) and "weight" not in dict(module.named_buffers())
+        with pytest.raises(turbo.TurboConfigError, match="no high-precision weight"):  # turbo/quant/lora.py
+            _ = module.weight
         assert module.weight_q.dtype == FP8 and not module.use_gemm
     assert not any(t.is_meta for t in model.state_dict().values())
     state = model.state_dict()

@@ -25,9 +25,18 @@ Hopper, or "high" = INT8 W8A8 on the NVFP4 weight re-quantised to int8) and puts
 relative L1 of the block's residual at its previous call in that branch. α and β come from `calibration`, a JSON
 written by `turbo calibrate` (`turbo.quant.calibrate_mixed`) for this transformer; without one it raises.
 
-`turbo.save_quantized` / `turbo.load_quantized` (turbo/quant/io.py) save an FP8-accelerated transformer once and load
-it without its original weights; on such a model the feature swaps nothing (the linears are `FP8Linear` already),
-and `restore` leaves them FP8, with a warning line in `pipe.turbo`."""
+LoRA (diffusers' `load_lora_weights`, turbo/quant/lora.py): load it before `accelerate`. Fused (`pipe.fuse_lora()`),
+the fused weights are what gets quantised; unfused, only the base layer inside peft's `lora.Linear` is swapped and
+`lora_A`/`lora_B` run beside it in their dtype (set_adapters and scales keep working; DoRA and other variants must be
+fused first). `restore` gives back the fused weights, or the un-quantised peft model. Loading, fusing or unfusing a
+LoRA after `accelerate` on a quantised linear raises `TurboConfigError` (the quantised layers have no `weight`).
+
+`turbo.save_quantized` / `turbo.load_quantized` (turbo/quant/io.py) save a transformer accelerated with quant="fp8",
+"int8" or "nvfp4" once and load it without its original weights (NVFP4: 0.28× the bf16 bytes of the linears, read
+straight onto the GPU); nvfp4-mixed is refused (its calibration is checked against the unquantised linears). On such
+a model the feature swaps nothing (the linears are `FP8Linear` / `INT8Linear` / `NVFP4Linear` already) and `restore`
+leaves them quantised; the warning line in `pipe.turbo` and the refusal of another mode on top cover loaded FP8
+linears only so far."""
 
 from __future__ import annotations
 
@@ -42,6 +51,7 @@ from ..config import option, validate_options
 from ..errors import NotImplementedMethodError, TurboConfigError
 from ..registry import Feature, register_feature
 from .fp8 import WIDE_INPUT_RATIO
+from .lora import adapter_parts, check_unfused, merged_lists, module_slots, repair_merged
 
 QUANT_MODES = ("off", "fp8", "int8", "nvfp4", "nvfp4-mixed")
 NOT_BUILT: dict[str, str] = {}  # modes in the schema that are not implemented yet
@@ -80,11 +90,15 @@ class QuantConfig:
 
 def block_linears(blocks: list[nn.Module], weight_only: bool = False) -> list[tuple[nn.Module, str, nn.Linear]]:
     """(parent, attribute, linear) for every `nn.Linear` inside `blocks` that gets quantised. `weight_only` (NVFP4)
-    keeps the wide-input linears too: without an activation pass they cost nothing extra."""
+    keeps the wide-input linears too: without an activation pass they cost nothing extra. Inside a peft LoRA layer only
+    its `base_layer` counts; the adapter parts (`lora_A`, `lora_B`) stay in their dtype (turbo/quant/lora.py)."""
     found = []
     for block in blocks:
+        adapters = adapter_parts(block)
         for name, module in block.named_modules():
-            if not isinstance(module, nn.Linear) or any(part in name for part in SKIPPED_NAMES):
+            if not isinstance(module, nn.Linear) or id(module) in adapters:
+                continue
+            if any(part in name for part in SKIPPED_NAMES):
                 continue
             if not weight_only and module.in_features >= WIDE_INPUT_RATIO * module.out_features:
                 continue  # the activation pass costs more than the FP8 GEMM saves (turbo/quant/fp8.py)
@@ -95,6 +109,14 @@ def block_linears(blocks: list[nn.Module], weight_only: bool = False) -> list[tu
 
 def _device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def _swaps(target, mode: str) -> list[tuple[nn.Module, str, nn.Linear]]:
+    """The (parent, attribute, linear) that `install` swaps in `target` for `mode`."""
+    from .nvfp4 import nvfp4_ready
+
+    found = block_linears(target.adapter.denoising_blocks(target.model), weight_only=mode in ("nvfp4", "nvfp4-mixed"))
+    return [f for f in found if mode in ("fp8", "int8") or nvfp4_ready(f[2].in_features)]
 
 
 class QuantFeature(Feature):
@@ -128,6 +150,8 @@ class QuantFeature(Feature):
 
             for target in context.targets:
                 load_calibration(section.calibration, target.model)
+        for target in context.targets:  # an unfused DoRA (or other peft variant) reads the weight turbo quantises
+            check_unfused(section.mode, target.model, _swaps(target, section.mode))
         if len(gpus) < len(devices):
             context.warnings.append(f"quant='{section.mode}' on the CPU runs {CPU_NUMERICS[section.mode]} (for "
                                     "accuracy studies): slower than the original linears.")
@@ -140,19 +164,24 @@ class QuantFeature(Feature):
         from .router import RouterSettings, TransformerRouter
 
         swapped = []  # (parent, attribute, original linear, its device)
-        kept = []  # (FP8Linear loaded already quantised, its fast_accum before): restore leaves these FP8
+        kept = []  # (linear loaded already quantised, its mode, FP8's fast_accum before): restore leaves them so
+        loaded_modes = {FP8Linear: "fp8", INT8Linear: "int8", NVFP4Linear: "nvfp4"}
         routers = []  # nvfp4-mixed: one TransformerRouter per transformer
+        merged = []  # (peft LoRA layer around a swapped linear, its merged adapters): turbo/quant/lora.py
         weight_only = section.mode in ("nvfp4", "nvfp4-mixed")
         try:
             for target in context.targets:
                 device = _device_of(target.model)
                 use_gemm = device.type == "cuda"
                 for module in target.model.modules():
-                    if isinstance(module, FP8Linear):  # loaded quantised (turbo.load_quantized): nothing to swap
-                        if section.mode != "fp8":
-                            raise TurboConfigError(f"this model was loaded already quantised to FP8; quant="
-                                                   f"'{section.mode}' cannot apply on top (use quant='fp8').")
-                        kept.append((module, module.fast_accum))
+                    loaded = loaded_modes.get(type(module))  # loaded quantised (turbo.load_quantized)
+                    if loaded is None:
+                        continue
+                    if section.mode != loaded:
+                        raise TurboConfigError(f"this model was loaded already quantised to {loaded.upper()}; "
+                                               f"quant='{section.mode}' cannot apply on top (use quant='{loaded}').")
+                    kept.append((module, loaded, getattr(module, "fast_accum", None)))
+                    if loaded == "fp8":
                         module.fast_accum = section.fast_accum
                 blocks = target.adapter.denoising_blocks(target.model)
                 if section.mode == "nvfp4-mixed":  # checked before the swap changes the fingerprint
@@ -168,6 +197,7 @@ class QuantFeature(Feature):
                         quantised = NVFP4Linear(linear)
                     else:
                         quantised = MixedLinear(linear)
+                    merged.extend(merged_lists([(parent, attr, linear)]))
                     setattr(parent, attr, quantised)
                     swapped.append((parent, attr, linear, linear.weight.device))
                     linear.to("cpu")  # in place: the GPU keeps only the quantised copy; restore moves it back
@@ -179,28 +209,36 @@ class QuantFeature(Feature):
                     routers.append(router)
                     router.install()
         except BaseException:
-            self.undo(context, {"swapped": swapped, "kept": kept, "routers": routers})
+            self.undo(context, {"swapped": swapped, "kept": kept, "routers": routers, "merged": merged})
             raise
         if kept:
+            mode = kept[0][1].upper()
             context.warnings.append(
-                f"{len(kept)} linear layers were loaded already quantised to FP8 (turbo.load_quantized); "
-                "turbo.restore leaves them FP8, there are no original weights to bring back."
+                f"{len(kept)} linear layers were loaded already quantised to {mode} (turbo.load_quantized); "
+                f"turbo.restore leaves them {mode}, there are no original weights to bring back."
             )
         if swapped:
             logger.info("turbo: %d linear layers quantised to %s", len(swapped), section.mode.upper())
-        return {"swapped": swapped, "kept": kept, "routers": routers}
+        if merged:
+            logger.info("turbo: %d of them are LoRA base layers; their unfused adapters run beside them in their "
+                        "dtype", len(merged))
+        return {"swapped": swapped, "kept": kept, "routers": routers, "merged": merged}
 
     def undo(self, context, token: dict) -> None:
         for router in reversed(token.get("routers", [])):
             router.remove()
+        slots = module_slots([t.model for t in context.targets])  # unload_lora_weights may have moved the copies
         for parent, attr, linear, device in reversed(token["swapped"]):
             linear.to(device)
-            setattr(parent, attr, linear)
-        for module, fast_accum in token["kept"]:
-            module.fast_accum = fast_accum
+            for holder, name in slots.get(id(getattr(parent, attr)), [(parent, attr)]):
+                setattr(holder, name, linear)
+        repair_merged(token.get("merged", []))
+        for module, mode, fast_accum in token["kept"]:
+            if mode == "fp8":
+                module.fast_accum = fast_accum
         if token["kept"]:
-            logger.warning("turbo: restore keeps %d linear layers FP8 (they were loaded quantised).",
-                           len(token["kept"]))
+            logger.warning("turbo: restore keeps %d linear layers %s (they were loaded quantised).",
+                           len(token["kept"]), token["kept"][0][1].upper())
 
     def activity(self, context, token) -> str | None:
         components = {id(t.model): t.component for t in context.targets}

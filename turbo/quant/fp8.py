@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .lora import QuantisedWeightOnly
+
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
 TINY = 1e-12
@@ -79,7 +81,7 @@ def gemm_ready(features: tuple[int, int]) -> bool:
     return all(f % 16 == 0 for f in features)
 
 
-class FP8Linear(nn.Module):
+class FP8Linear(QuantisedWeightOnly, nn.Module):
     """Drop-in for `nn.Linear` with FP8 W8A8 numerics. Buffers: `weight_q` [N, K] float8_e4m3fn, `weight_scale` [N]
     fp32, `bias` [N] (the original dtype) or None. `use_gemm` (fixed at construction: a CUDA GPU with FP8 tensor cores
     and GEMM-compatible shapes) picks `fp8_linear`, else `fp8_linear_reference`."""

@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .lora import QuantisedWeightOnly
+
 INT8_MAX = 127.0
 TINY = 1e-12
 _MIN_ROWS = 17  # torch._int_mm on CUDA needs more than 16 rows: shorter inputs are padded
@@ -98,7 +100,7 @@ def int_mm_ready(features: tuple[int, int]) -> bool:
     return all(f % 8 == 0 for f in features)
 
 
-class INT8Linear(nn.Module):
+class INT8Linear(QuantisedWeightOnly, nn.Module):
     """Drop-in for `nn.Linear` with INT8 W8A8 numerics. Buffers: `weight_q` [N, K] int8, `weight_scale` [N] fp32,
     `bias` [N] (the original dtype) or None. `backend` (fixed at construction): "triton" (turbo's fused GEMM, the
     default on CUDA), "int_mm" (`torch._int_mm` + scales in torch ops, the default elsewhere) or "reference" (float64);
@@ -107,16 +109,37 @@ class INT8Linear(nn.Module):
     def __init__(self, linear: nn.Linear, backend: str | None = None):
         super().__init__()
         q, scale = quantize_weight_int8(linear.weight)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_buffer("weight_q", q)
-        self.register_buffer("weight_scale", scale)
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
-        backend = backend or ("triton" if linear.weight.is_cuda else "int_mm")
+        bias = None if linear.bias is None else linear.bias.detach().clone()
+        self._set_state(linear.in_features, linear.out_features, q, scale, bias, backend, linear.weight.is_cuda)
+
+    def _set_state(self, in_features: int, out_features: int, weight_q: Tensor, weight_scale: Tensor,
+                   bias: Tensor | None, backend: str | None, cuda: bool) -> None:
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("weight_q", weight_q)
+        self.register_buffer("weight_scale", weight_scale)
+        self.register_buffer("bias", bias)
+        backend = backend or ("triton" if cuda else "int_mm")
         if backend not in BACKENDS:
             raise ValueError(f"INT8Linear backend must be one of {BACKENDS}, not {backend!r}.")
-        if backend == "int_mm" and not int_mm_ready((self.out_features, self.in_features)):
+        if backend == "int_mm" and not int_mm_ready((out_features, in_features)):
             backend = "reference"
         self.backend = backend
+
+    @classmethod
+    def empty(cls, in_features: int, out_features: int, bias: bool, dtype: torch.dtype, device=None,
+              backend: str | None = None, cuda: bool = False) -> INT8Linear:
+        """A shell with uninitialised buffers (`weight_q` int8, `weight_scale` fp32, `bias` in `dtype` if `bias`) on
+        `device` (e.g. "meta"), to be filled by `load_state_dict(..., assign=True)`; no high-precision weight is ever
+        allocated. `cuda`: whether the buffers will live on a CUDA GPU (picks the default backend as `__init__`
+        does). Used by `turbo.load_quantized`."""
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        module._set_state(in_features, out_features,
+                          torch.empty(out_features, in_features, dtype=torch.int8, device=device),
+                          torch.empty(out_features, dtype=torch.float32, device=device),
+                          torch.empty(out_features, dtype=dtype, device=device) if bias else None,
+                          backend, cuda)
+        return module
 
     def forward(self, x: Tensor) -> Tensor:
         return int8_linear_with(self.backend, x, self.weight_q, self.weight_scale, self.bias)

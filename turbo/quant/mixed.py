@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .int8 import int8_linear_reference, int8_linear_with, int_mm_ready, quantize_weight_int8
+from .lora import QuantisedWeightOnly
 from .nvfp4 import (
     BLOCK,
     E2M1_MAX,
@@ -83,7 +84,7 @@ def mixed_high_reference(x: Tensor, packed: Tensor, block_scale: Tensor, tensor_
     return int8_linear_reference(x, weight_q, weight_scale, bias)
 
 
-class MixedLinear(nn.Module):
+class MixedLinear(QuantisedWeightOnly, nn.Module):
     """Drop-in for `nn.Linear` (K % 16 == 0) with NVFP4 weights and two paths: `precision` = "high" (INT8 W8A8, the
     default) or "low" (NVFP4 activations), a plain attribute set outside the block (module docstring)."""
 

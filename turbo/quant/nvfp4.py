@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .lora import QuantisedWeightOnly
+
 FP8 = torch.float8_e4m3fn
 E2M1_MAX = 6.0
 E4M3_MAX = 448.0
@@ -128,7 +130,17 @@ def nvfp4_linear_dequant(x: Tensor, packed: Tensor, block_scale: Tensor, tensor_
 BACKENDS = ("triton", "dequant", "reference")
 
 
-class NVFP4Linear(nn.Module):
+def _backend(in_features: int, backend: str | None, cuda: bool) -> str:
+    """The checked backend of an `NVFP4Linear`: `backend`, or "dequant" on CUDA and "reference" elsewhere."""
+    if not nvfp4_ready(in_features):
+        raise ValueError(f"NVFP4Linear needs in_features to be a multiple of {BLOCK}, got {in_features}.")
+    backend = backend or ("dequant" if cuda else "reference")
+    if backend not in BACKENDS:
+        raise ValueError(f"NVFP4Linear backend must be one of {BACKENDS}, not {backend!r}.")
+    return backend
+
+
+class NVFP4Linear(QuantisedWeightOnly, nn.Module):
     """Drop-in for `nn.Linear` with NVFP4 weight-only numerics. Buffers: `packed` [N, K/2] uint8, `block_scale`
     [N, K/16] float8_e4m3fn, `tensor_scale` 0-dim fp32, `bias` [N] (the original dtype) or None. `backend` (fixed at
     construction; see the module docstring): "dequant" (the default on CUDA), "triton" or "reference" (the default
@@ -136,18 +148,36 @@ class NVFP4Linear(nn.Module):
 
     def __init__(self, linear: nn.Linear, backend: str | None = None):
         super().__init__()
-        if not nvfp4_ready(linear.in_features):
-            raise ValueError(f"NVFP4Linear needs in_features to be a multiple of {BLOCK}, got {linear.in_features}.")
-        backend = backend or ("dequant" if linear.weight.is_cuda else "reference")
-        if backend not in BACKENDS:
-            raise ValueError(f"NVFP4Linear backend must be one of {BACKENDS}, not {backend!r}.")
+        backend = _backend(linear.in_features, backend, linear.weight.is_cuda)
         packed, block_scale, tensor_scale = quantize_weight_nvfp4(linear.weight)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
+        bias = None if linear.bias is None else linear.bias.detach().clone()
+        self._set_state(linear.in_features, linear.out_features, packed, block_scale, tensor_scale, bias, backend)
+
+    def _set_state(self, in_features: int, out_features: int, packed: Tensor, block_scale: Tensor,
+                   tensor_scale: Tensor, bias: Tensor | None, backend: str) -> None:
+        self.in_features, self.out_features = in_features, out_features
         self.register_buffer("packed", packed)
         self.register_buffer("block_scale", block_scale)
         self.register_buffer("tensor_scale", tensor_scale)
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+        self.register_buffer("bias", bias)
         self.backend = backend
+
+    @classmethod
+    def empty(cls, in_features: int, out_features: int, bias: bool, dtype: torch.dtype, device=None,
+              backend: str | None = None, cuda: bool = False) -> NVFP4Linear:
+        """A shell with uninitialised buffers (`packed` uint8, `block_scale` e4m3, `tensor_scale` fp32, `bias` in
+        `dtype` if `bias`) on `device` (e.g. "meta"), to be filled by `load_state_dict(..., assign=True)`; no
+        high-precision weight is ever allocated. `cuda`: whether the buffers will live on a CUDA GPU (picks the
+        default backend as `__init__` does). Used by `turbo.load_quantized`."""
+        backend = _backend(in_features, backend, cuda)
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        module._set_state(in_features, out_features,
+                          torch.empty(out_features, in_features // 2, dtype=torch.uint8, device=device),
+                          torch.empty(out_features, in_features // BLOCK, dtype=FP8, device=device),
+                          torch.empty((), dtype=torch.float32, device=device),
+                          torch.empty(out_features, dtype=dtype, device=device) if bias else None, backend)
+        return module
 
     def forward(self, x: Tensor) -> Tensor:
         if self.backend == "triton":
