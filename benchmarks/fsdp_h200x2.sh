@@ -3,8 +3,9 @@
 #   PART=step   the real-size rCM step (Wan2.1-1.3B, 480p/81f, random weights) under accelerate's FSDP2 over both
 #               GPUs (rcm-step-gc, rcm-step), then the same step under DDP (--multi_gpu): benchmarks/distill_step.py.
 #   PART=toy    GPU 0+1: a ToyWorld rCM run end to end through `accelerate launch --use_fsdp --fsdp_version 2 -m
-#               turbo.distill` (checkpoints, sample video, export), resumed for 10 more steps, then the same run
-#               under DDP; concurrently GPU 0 also runs benchmarks/quant_memory.py (Wan-14B 480p bf16 / NVFP4 / FP8).
+#               turbo.distill` (checkpoints, export; no sample videos: this machine has no imageio-ffmpeg, the FSDP
+#               sampling path is tested on the CPU), resumed for 10 more steps, then the same run
+#               under DDP; concurrently (QUANT=1) GPU 0 runs benchmarks/quant_memory.py (Wan-14B 480p bf16/NVFP4/FP8).
 # Results: $OUT/fsdp.tar (logs, JSON, the FSDP export's card and sample video).
 set -u
 OUT=${OUT:-/tmp/out}; R=/tmp/fsdp; mkdir -p "$OUT" $R
@@ -20,7 +21,7 @@ if [ "${PART:-step}" = step ]; then
   [ "${STEP_DDP:-1}" = 1 ] && timeout 200 $LAUNCH --multi_gpu benchmarks/distill_step.py --variants rcm-step-gc --steps 2 --sim-steps 2 \
     --out $R/step_ddp.json > $R/step_ddp.log 2>&1
 else
-  (CUDA_VISIBLE_DEVICES=0 timeout 400 python3 benchmarks/quant_memory.py --model wan2.1-t2v-14b --size 480p \
+  [ "${QUANT:-1}" = 1 ] && (CUDA_VISIBLE_DEVICES=0 timeout 400 python3 benchmarks/quant_memory.py --model wan2.1-t2v-14b --size 480p \
      --modes bf16,nvfp4,fp8 --out $R/quant_memory.json > $R/quant_memory.log 2>&1) &
   python3 -c "
 import torch
@@ -29,7 +30,7 @@ from turbo.distill.data import cache_toyworld
 pipe = DiffusionPipeline.from_pretrained('models/toyworld/wan-t2v', dtype=torch.bfloat16).to('cuda')
 cache_toyworld(pipe, 64, '$R/cache', seed=0, progress=False)" > $R/cache.log 2>&1
   SETS="--set teacher=models/toyworld/wan-t2v --set data=$R/cache --set batch_size=4 --set save_every=20 \
---set sample_every=30 --set log_every=10 --set tangent_warmup=10 --set show_progress=false"
+--set sample_every=0 --set log_every=10 --set tangent_warmup=10 --set show_progress=false"
   timeout 150 $LAUNCH $FSDP -m turbo.distill --config examples/distill_toyworld.yaml --out $R/toy-fsdp $SETS \
     --set steps=30 > $R/toy_fsdp.log 2>&1
   timeout 100 $LAUNCH $FSDP -m turbo.distill --config examples/distill_toyworld.yaml --out $R/toy-fsdp $SETS \

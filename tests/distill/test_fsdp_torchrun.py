@@ -24,11 +24,12 @@ ACCELERATE_FSDP_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP
                        "FSDP_ACTIVATION_CHECKPOINTING": "false"}
 
 
-def _launch(tmp_path, out: Path, *, fsdp: bool, resume: bool = False) -> str:
+def _launch(tmp_path, out: Path, *, fsdp: bool, resume: bool = False, extra: dict | None = None) -> str:
     sets = {"teacher": str(TEACHER), "steps": "4", "lr": "1e-3", "fake_lr": "1e-3", "lr_warmup": "0",
             "batch_size": "1", "grad_accum": "2", "mixed_precision": "no",
             "show_progress": "false", "sample_every": "0", "save_every": "2", "keep_checkpoints": "3",
-            "log_every": "1", "tangent_warmup": "1", "student_update_freq": "2", "gradient_checkpointing": "true"}
+            "log_every": "1", "tangent_warmup": "1", "student_update_freq": "2", "gradient_checkpointing": "true",
+            **(extra or {})}
     argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(LAUNCH),
             str(ROOT / "examples" / "distill_toyworld.yaml"), str(tmp_path / "cache"), str(out),
             *(["--fsdp"] if fsdp else []), *(["--resume"] if resume else []),
@@ -100,3 +101,20 @@ def test_fsdp_trains_what_ddp_trains_and_resumes_ddp_checkpoints(tmp_path):
         for group in ("student", "ema", "fake"):
             limit = 1e-5 if source == "fsdp" else 0.1
             assert _relative_difference(again.group(group), uninterrupted.group(group), init) < limit, group
+
+
+def test_fsdp_bf16_run_with_gradient_checkpointing_samples_and_exports(tmp_path):
+    """Under FSDP's bf16 parameters (autocast, units' inputs not cast) with diffusers' gradient checkpointing: the
+    blocks recompute in backward, every process runs the sample pipeline, the main one writes the mp4 and the export."""
+    from diffusers import DiffusionPipeline
+
+    from turbo.distill.data import cache_toyworld
+
+    pipe = DiffusionPipeline.from_pretrained(str(TEACHER), dtype=torch.float32)
+    cache_toyworld(pipe, 2, tmp_path / "cache", height=64, width=64, num_frames=9, seed=0, batch_size=2,
+                   progress=False)
+    log = _launch(tmp_path, tmp_path / "run", fsdp=True, extra={"mixed_precision": "bf16", "steps": "2",
+                                                                 "grad_accum": "1", "sample_every": "2"})
+    assert log.count("sharded=True") == 1
+    assert len(list((tmp_path / "run" / "samples").glob("*.mp4"))) == 1
+    assert (tmp_path / "run" / "student" / "diffusion_pytorch_model.safetensors").is_file()

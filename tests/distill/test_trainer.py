@@ -316,3 +316,14 @@ def test_command_line_run(pipe, cache, tmp_path, capsys):
     assert (tmp_path / "run" / "student" / "turbo_attention.safetensors").is_file()
     assert main(["--config", str(config), "--out", str(tmp_path / "run")]) == 2  # used directory, no --resume
     assert "resume" in capsys.readouterr().err
+
+
+def test_samples_without_a_video_writer_are_refused_before_training(pipe, cache, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "imageio_ffmpeg" else
+                        real(name, *a))
+    with pytest.raises(TurboConfigError, match="imageio_ffmpeg to write the sample mp4s") as info:
+        distill(pipe, tiny_toyworld(sample_every=5), cache, tmp_path / "run")
+    assert "sample_every: 0" in str(info.value) and not (tmp_path / "run").exists()

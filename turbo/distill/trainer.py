@@ -69,6 +69,7 @@ from turbo.training.sharding import (
     full_tensor,
     load_model_state,
     load_optimizer_state,
+    reshard,
     unsharded,
 )
 
@@ -373,6 +374,17 @@ def _finite(loss: torch.Tensor, what: str, step: int, out: Path) -> float:
 
 
 # ------------------------------------------------------------------------------------------------------- the trainer
+
+
+def _check_video_export() -> None:
+    """Sample videos are mp4s (diffusers' `export_to_video`: imageio + imageio-ffmpeg); without them a run would
+    stop at its first sample, so it is refused before training."""
+    import importlib.util
+
+    missing = [m for m in ("imageio", "imageio_ffmpeg") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise TurboConfigError(f"sample_every needs {' and '.join(missing)} to write the sample mp4s: `pip install "
+                               f"imageio imageio-ffmpeg`, or set sample_every: 0.")
 
 
 def _fsdp_launch(accelerator, config: DistillConfig) -> bool:
@@ -814,6 +826,8 @@ class _Run:
         try:
             yield self.student_net
         finally:
+            if self.fsdp:  # a forward that raised may have left units all-gathered (plain tensors, not shards)
+                reshard(self.student_net)
             with torch.no_grad():
                 for n, p in self.student_net.named_parameters():
                     if n in live:
@@ -850,7 +864,9 @@ class _Run:
             with self.ema_weights() as student:
                 student.eval()
                 pipe.transformer = student
-                frames = pipe(**kwargs).frames[0]
+                # under FSDP the blocks run on bf16/fp16 parameters: autocast gives them inputs of that dtype
+                with self.acc.autocast() if self.fsdp else contextlib.nullcontext():
+                    frames = pipe(**kwargs).frames[0]
         finally:
             pipe.transformer, pipe.scheduler = original_transformer, original_scheduler
             self.student_net.train(was_training)
@@ -897,6 +913,8 @@ def distill(pipe, config: DistillConfig, data, output_dir, *, resume: bool = Fal
         # cpu=True on a machine without CUDA: accelerate then joins a `torchrun` / `accelerate launch` group on gloo
         accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
     _fsdp_launch(accelerator, config)  # refuses what the trainer does not run before anything is built
+    if config.sample_every:
+        _check_video_export()
     started = time.perf_counter()
     if not resume and latest_checkpoint(out / "checkpoints") is not None:
         raise TurboConfigError(f"{out} already holds checkpoints; pass resume=True (--resume) to continue that run or "

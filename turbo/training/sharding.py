@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import torch
 
 __all__ = ["is_sharded", "full_tensor", "shard_like", "full_model_state", "full_optimizer_state",
-           "load_model_state", "load_optimizer_state", "unsharded"]
+           "load_model_state", "load_optimizer_state", "reshard", "unsharded"]
 
 
 def is_sharded(module: torch.nn.Module) -> bool:
@@ -115,3 +115,12 @@ def unsharded(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         for unit, reshard in zip(units, resharding, strict=True):
             unit.reshard()
             unit.set_reshard_after_forward(reshard, recurse=False)
+
+
+def reshard(model: torch.nn.Module) -> None:
+    """Free every FSDP2 unit's all-gathered parameters (back to this process's shards); no-op elsewhere."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for unit in model.modules():
+        if isinstance(unit, FSDPModule):
+            unit.reshard()
