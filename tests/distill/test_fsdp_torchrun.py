@@ -118,3 +118,4 @@ def test_fsdp_bf16_run_with_gradient_checkpointing_samples_and_exports(tmp_path)
     assert log.count("sharded=True") == 1
     assert len(list((tmp_path / "run" / "samples").glob("*.mp4"))) == 1
     assert (tmp_path / "run" / "student" / "diffusion_pytorch_model.safetensors").is_file()
+    assert "x 2 processes (FSDP2)" in (tmp_path / "run" / "student" / "README.md").read_text()

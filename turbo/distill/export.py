@@ -61,6 +61,7 @@ def _card(config: DistillConfig, info: dict, notes: list[str], files: list[str])
     recipe = recipe_of(config)
     sampler = recipe["sampler"]
     attention = config.turbo_attention()
+    launch = f" ({info['launch']})" if info.get("launch") else ""
     how = (f"rCM {sampler['steps']} steps (sigma_max {sampler['sigma_max']:g}, mid_t {sampler['mid_t']}), "
            "guidance 1" if sampler["mode"] == "rcm" else "the pipeline's own scheduler and CFG")
     lines = [
@@ -86,7 +87,7 @@ def _card(config: DistillConfig, info: dict, notes: list[str], files: list[str])
         f"- data: `{info.get('data') or config.data}` ({info.get('samples', '?')} cached latents)",
         f"- steps: {info.get('steps', config.steps)} (student updates {info.get('student_updates', '?')}, "
         f"fake-score updates {info.get('fake_updates', '?')}), batch {config.batch_size} x {config.grad_accum} "
-        f"accumulation x {info.get('processes', 1)} processes, seed {config.seed}",
+        f"accumulation x {info.get('processes', 1)} processes{launch}, seed {config.seed}",
         f"- time: {info.get('seconds', 0.0):.1f} s on {info.get('device', '?')}; torch {torch.__version__}, "
         f"{platform.python_implementation()} {platform.python_version()}; exported "
         f"{datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",

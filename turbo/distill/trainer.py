@@ -973,6 +973,7 @@ def distill(pipe, config: DistillConfig, data, output_dir, *, resume: bool = Fal
                 "data": config.data or str(getattr(data, "directory", "")),
                 "samples": len(data), "steps": run.step, "student_updates": run.student_iter,
                 "fake_updates": run.fake_iter, "processes": accelerator.num_processes,
+                "launch": "FSDP2" if run.fsdp else "DDP" if accelerator.num_processes > 1 else "",
                 "seconds": time.perf_counter() - started, "device": _device_name(accelerator.device)}
         export_dir = export_student(run.student_net, out / "student", config, ema=None if exported else run.ema,
                                     state=exported, notes=run.notes, info=info)
