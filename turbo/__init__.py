@@ -64,7 +64,7 @@ def __getattr__(name: str):
         from .convert import convert_checkpoint
 
         return convert_checkpoint
-    if name in ("save_quantized", "load_quantized"):  # FP8 transformers saved once, loaded without bf16 weights
+    if name in ("save_quantized", "load_quantized"):  # quantised transformers saved once, loaded without bf16 weights
         from .quant import io
 
         return getattr(io, name)
