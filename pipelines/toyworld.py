@@ -121,6 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--save-count", type=int, default=32)
     a.add_argument("--quant", default=None, choices=("fp8", "int8", "nvfp4"),
                    help="W8A8 / NVFP4 linears in the transformer blocks (dense attention; not with --transformer)")
+    a.add_argument("--cache", default=None, choices=("tdc",),
+                   help="turbo's Temporal Delta Cache on the transformer blocks (default settings; with --quant too; "
+                        "not with --transformer)")
 
     ps = sub.add_parser("psnr", help="mean same-seed PSNR (dB) between two --save-videos folders")
     ps.add_argument("candidate")
@@ -320,11 +323,13 @@ def cmd_accuracy(args) -> list[dict]:
         steps = args.steps or (sampler.steps if rcm else 50)
         guidances = args.guidance or [1.0 if rcm else 5.0]
         config, label = None, f"{args.model} + {args.transformer}"  # None: the student's recipe
-    if args.quant:
+    if args.quant or args.cache:
         if args.transformer:
-            raise SystemExit("accuracy: --quant measures the model's own transformer; it does not combine with "
-                             "--transformer (a student runs its own recipe).")
-        config, label = {"quant": {"mode": args.quant}}, f"{args.model} + quant {args.quant}"
+            raise SystemExit("accuracy: --quant / --cache measure the model's own transformer; they do not combine "
+                             "with --transformer (a student runs its own recipe).")
+        config = {**({"quant": {"mode": args.quant}} if args.quant else {}),
+                  **({"cache": {"mode": args.cache}} if args.cache else {})}
+        label = f"{args.model} + " + " + ".join(f"{k} {v['mode']}" for k, v in config.items())
     prompts = prompt_set(args.prompts, args.prompt_seed)
     reports = []
     for guidance in guidances:
@@ -337,12 +342,26 @@ def cmd_accuracy(args) -> list[dict]:
         }
         save = None if not args.save_videos else _video_saver(Path(args.save_videos) / f"cfg{guidance:g}",
                                                                args.save_count)
-        report = judge_prompts(pipe, prompts, kwargs, config, batch_size=args.batch_size, on_video=save)
+        stats: dict = {}
+
+        def on_video(index, prompt, seed, video, save=save, stats=stats):
+            if save is not None:
+                save(index, prompt, seed, video)
+            if args.cache:  # block evaluations since install, read while the cache is installed
+                from turbo.cache import cache_stats
+
+                stats.update(cache_stats(pipe))
+
+        report = judge_prompts(pipe, prompts, kwargs, config, batch_size=args.batch_size, on_video=on_video)
+        counts = [c for branches in stats.values() for c in branches.values()]
+        skipped = sum(c["skipped"] for c in counts) / max(1, sum(c["skipped"] + c["computed"] for c in counts))
         out = {"model": args.model, "transformer": args.transformer, "guidance": guidance, "steps": steps,
-               "device": str(args.device), "dtype": args.dtype, "quant": args.quant,
-               "command": "python -m pipelines.toyworld " + shlex.join(args.argv), **report.to_dict()}
+               "device": str(args.device), "dtype": args.dtype, "quant": args.quant, "cache": args.cache,
+               "command": "python -m pipelines.toyworld " + shlex.join(args.argv), **report.to_dict(),
+               **({"cache_skipped": skipped, "cache_counts": stats} if args.cache else {})}
         reports.append(out)
-        print(f"{label} ({type(pipe).__name__}), CFG {guidance}, {steps} steps:")
+        print(f"{label} ({type(pipe).__name__}), CFG {guidance}, {steps} steps"
+              + (f", {100 * skipped:.1f} % of block evaluations skipped by the cache:" if args.cache else ":"))
         print(report.markdown())
     if args.json:
         Path(args.json).write_text(json.dumps(reports, indent=1) + "\n")
