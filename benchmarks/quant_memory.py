@@ -5,10 +5,11 @@ forward (latent [1, 16, 21, 60, 104], text [1, 512, 4096]) per mode: stock bf16,
 quant=MODE)`` (the originals of the swapped linears go to the CPU: the GPU keeps the quantised weights). Per mode:
 resident GPU memory after the swap (weights + buffers), the forward's peak (torch.cuda.max_memory_allocated, reset
 after the swap), and the forward's wall time (median of --reps eager calls; NVFP4 dequantises each weight per call);
-output rel-L1 vs the bf16 forward.
+output rel-L1 vs the bf16 forward. ``--load nvfp4``: the model is also saved quantised (`turbo.save_quantized`) and
+loaded back with `turbo.load_quantized` onto the GPU after the original left it: the load's GPU peak and time.
 
     python3 benchmarks/quant_memory.py --model wan2.1-t2v-14b --size 480p --modes bf16,nvfp4,fp8 \\
-        --out benchmarks/results/quant_memory.json
+        --out benchmarks/results/quant_memory.json [--load nvfp4]
 """
 
 from __future__ import annotations
@@ -47,12 +48,44 @@ def _forward_stats(model, x, reps: int) -> tuple[torch.Tensor, float, float]:
     return out, peak, statistics.median(times)
 
 
+def _load_row(model, x, args, reference) -> dict:
+    """Save `model` quantised to args.load once, drop it from the GPU, then `turbo.load_quantized` it: the GPU peak
+    while loading (the bf16 linears are never materialised) and of its forward."""
+    import tempfile
+
+    import turbo
+
+    row: dict = {}
+    try:
+        with tempfile.TemporaryDirectory(dir=args.tmp) as directory:
+            turbo.accelerate(model, quant=args.load)
+            turbo.save_quantized(model, directory)
+            turbo.restore(model)
+            model.to("cpu")
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
+            loaded = turbo.load_quantized(directory, device="cuda")
+            torch.cuda.synchronize()
+            row.update(load_s=time.perf_counter() - start, load_peak_gib=_gib(torch.cuda.max_memory_allocated()),
+                       resident_gib=_gib(torch.cuda.memory_allocated()))
+            out, row["forward_peak_gib"], row["forward_s"] = _forward_stats(loaded, x, args.reps)
+            if reference is not None:
+                row["rel_l1_vs_bf16"] = float((out - reference).abs().sum() / reference.abs().sum())
+    except Exception as error:
+        row["error"] = f"{type(error).__name__}: {str(error)[:300]}"
+    return row
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="wan2.1-t2v-14b")
     parser.add_argument("--size", default="480p", choices=["480p", "720p"])
     parser.add_argument("--modes", default="bf16,nvfp4,fp8")
     parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--load", default=None, choices=("fp8", "int8", "nvfp4"),
+                        help="also save the model quantised to this mode and time/measure turbo.load_quantized")
+    parser.add_argument("--tmp", default=None, help="folder for the --load save (default: the system temp dir)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
@@ -90,6 +123,9 @@ def main(argv=None) -> dict:
             gc_clean()
         results["rows"][mode] = row
         print(mode, json.dumps(row), flush=True)
+    if args.load:
+        results["rows"][f"{args.load} (load_quantized)"] = _load_row(model, x, args, reference)
+        print(args.load, "load", json.dumps(results["rows"][f"{args.load} (load_quantized)"]), flush=True)
     print(f"\n{args.model} {args.size}, {results['gpu']}, torch {results['torch']}, {results['date']}\n")
     print("| weights | resident GPU (GiB) | forward peak (GiB) | forward (s, eager) | rel-L1 vs bf16 |")
     print("|---|---|---|---|---|")
