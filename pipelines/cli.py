@@ -518,7 +518,9 @@ def cmd_info(args) -> int:
     from turbo.config import PRESETS
 
     print("\n".join(turbo.capabilities().lines()))
-    print(f"default config here: attention={turbo.default_config().attention.method}")
+    default = turbo.default_config()
+    print(f"default config here (a pipeline with one transformer): attention={default.attention.method}, "
+          f"cache={default.cache.mode}")
     print("presets:")
     for preset in PRESETS.values():
         print(f"  {preset.name:<9} {preset.description}")

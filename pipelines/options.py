@@ -312,7 +312,8 @@ def validate_acceleration(preset: str | None, overrides: dict[str, Any] | None =
     import turbo
     from turbo.config import needs_finetuned, resolve_config
 
-    config, name = resolve_config(preset, recipe or turbo.default_config(), **(overrides or {}))
+    base = recipe or (turbo.default_config() if not overrides else turbo.TurboConfig())  # as turbo.accelerate does
+    config, name = resolve_config(preset, base, **(overrides or {}))
     config.check_built()
     same_method = recipe is not None and config.attention.method == recipe.attention.method
     if not allow_untuned and needs_finetuned(config) and not same_method:

@@ -325,8 +325,8 @@ def cmd_accuracy(args) -> list[dict]:
         config, label = None, f"{args.model} + {args.transformer}"  # None: the student's recipe
     if args.quant or args.cache:
         if args.transformer:
-            raise SystemExit("accuracy: --quant / --cache measure the model's own transformer; they do not combine "
-                             "with --transformer (a student runs its own recipe).")
+            raise SystemExit("accuracy: --quant or --cache measures the model's own transformer; it does not "
+                             "combine with --transformer (a student runs its own recipe).")
         config = {**({"quant": {"mode": args.quant}} if args.quant else {}),
                   **({"cache": {"mode": args.cache}} if args.cache else {})}
         label = f"{args.model} + " + " + ".join(f"{k} {v['mode']}" for k, v in config.items())

@@ -54,9 +54,37 @@ def test_bad_configs_fail_at_accelerate_time_and_change_nothing(pipe, kwargs, er
 def test_default_config_is_safe_for_stock_checkpoints():
     config = turbo.default_config()
     config.check_built()
-    # training-free only; dense until a training-free kernel measures faster than cuDNN (see default_config)
+    # training-free only; the Temporal Delta Cache is in it because it measured faster end to end within the
+    # ToyWorld bars (see default_config); attention stays dense until a training-free kernel measures faster
     assert config.attention.method == "dense"
-    assert (config.quant.mode, config.cache.mode, config.sampler.mode) == ("off", "off", "default")
+    assert (config.quant.mode, config.cache.mode, config.sampler.mode) == ("off", "tdc", "default")
+
+
+def test_default_is_the_cache_on_a_pipeline_and_nothing_on_a_transformer_alone(pipe):
+    from types import SimpleNamespace
+
+    from turbo.config import TurboConfig
+
+    assert turbo.default_config(pipe).cache.mode == "tdc"
+    assert turbo.default_config(pipe.transformer) == TurboConfig()  # no pipeline call to count steps in
+    wan22 = SimpleNamespace(scheduler=pipe.scheduler, transformer=pipe.transformer, transformer_2=pipe.transformer)
+    assert turbo.default_config(wan22) == TurboConfig()  # two transformers: not measured
+    turbo.accelerate(pipe)
+    try:
+        assert pipe.turbo.config.cache.mode == "tdc" and "tdc" in str(pipe.turbo)
+    finally:
+        turbo.restore(pipe)
+    for options in ({"cache": "off"}, {"vae": "off"}):  # keyword options start from the stock config
+        turbo.accelerate(pipe, **options)
+        try:
+            assert pipe.turbo.config == TurboConfig()
+        finally:
+            turbo.restore(pipe)
+    turbo.accelerate(pipe.transformer)
+    try:
+        assert pipe.transformer.turbo.config == TurboConfig()
+    finally:
+        turbo.restore(pipe.transformer)
 
 
 @pytest.mark.parametrize("kwargs", [{"config": "fast"}, {"config": "max"}, {"attention": "sla"}])

@@ -506,6 +506,8 @@ class _Run:
         self.student_iter = 0  # student updates so far
         self.fake_iter = 0  # fake-score updates so far
         self.step = 0  # iterations done
+        logger.info("distill: each step runs eagerly (the sCM tangent through torch.func.jvp, the DMD simulation "
+                    "and the alternating optimizers are neither CUDA-graph captured nor compiled)")
         if config.mode == "rcm+sla":
             self.notes.append(DENSE_JVP_NOTE)
             logger.warning("rcm+sla: %s", DENSE_JVP_NOTE)
