@@ -72,6 +72,7 @@ def test_default_is_the_cache_on_a_pipeline_and_nothing_on_a_transformer_alone(p
     turbo.accelerate(pipe)
     try:
         assert pipe.turbo.config.cache.mode == "tdc" and "tdc" in str(pipe.turbo)
+        assert str(pipe.turbo).startswith("turbo: default config")
     finally:
         turbo.restore(pipe)
     for options in ({"cache": "off"}, {"vae": "off"}):  # keyword options start from the stock config

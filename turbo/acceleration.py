@@ -149,7 +149,8 @@ def accelerate(pipe, config: TurboConfig | str | dict | None = None, *, allow_un
         )
     report = TurboReport(config, preset, context.capabilities.gpu or "CPU", context.transformer_reports,
                          context.runtime, context.warnings, context, installed,
-                         recipe=None if recipe is None else str(recipe[1]))
+                         recipe=None if recipe is None else str(recipe[1]),
+                         default=recipe is None and preset is None and config == default_config(pipe))
     setattr(pipe, REPORT_ATTR, report)
     for message in context.warnings:
         logger.warning(message)

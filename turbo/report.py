@@ -34,6 +34,7 @@ class TurboReport:
     context: Any = field(default=None, repr=False)
     installed: list = field(default_factory=list, repr=False)
     recipe: str | None = None  # the model's turbo_config.json the config started from, if any
+    default: bool = False  # the config is `turbo.default_config(pipe)` (a no-argument accelerate)
 
     @property
     def processors_installed(self) -> int:
@@ -44,8 +45,8 @@ class TurboReport:
         return [(t.component, t.model) for t in self.context.targets]
 
     def __str__(self) -> str:
-        name = f"preset '{self.preset}'" if self.preset else (f"recipe {self.recipe}" if self.recipe
-                                                               else "custom config")
+        name = (f"preset '{self.preset}'" if self.preset else f"recipe {self.recipe}" if self.recipe
+                else "default config" if self.default else "custom config")
         lines = [f"turbo: {name} on {self.machine}"]
         registered = features()
         sections = self.config.sections
