@@ -406,9 +406,10 @@ def _fsdp_launch(accelerator, config: DistillConfig) -> bool:
     return True
 
 
-def _default_fsdp_wrap(accelerator, model: torch.nn.Module) -> None:
-    """Shard each transformer block as its own FSDP unit (the model's ``_repeated_blocks`` present in it) unless the
-    launch chose a wrap policy: without one the whole model would be a single unit, all-gathered at once.
+def _fsdp_settings(accelerator, model: torch.nn.Module) -> None:
+    """accelerate's FSDP2 settings for the student and fake score. Each transformer block is its own FSDP unit (the
+    model's ``_repeated_blocks`` present in it) unless the launch chose a wrap policy: without one the whole model
+    would be a single unit, all-gathered at once.
 
     Also turns accelerate's ``cpu_ram_efficient_loading`` off (on by default in ``accelerate launch --use_fsdp``):
     every process already holds the student, a copy of its teacher, and that path (meta model + broadcast from
@@ -479,7 +480,7 @@ class _Run:
         if config.gradient_checkpointing:
             student.enable_gradient_checkpointing()
         if self.fsdp:
-            _default_fsdp_wrap(accelerator, student)
+            _fsdp_settings(accelerator, student)
         self.plan = StepPlan(config.steps)
         opt, self.sched = build_optimizer(student.parameters(), config.train_config(), self.plan)
         self.fake_net = None
