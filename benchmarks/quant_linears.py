@@ -11,7 +11,15 @@ Per shape (M tokens × K in → N out; Wan2.1-14B: M = 32,760 at 480p / 75,600 a
   int8mm-c         INT8 through torch._int_mm + scales in torch ops, compiled
   nvfp4-gemm       turbo's Triton NVFP4 weight-only GEMM (dequantised in registers, bf16 dot), the kernel alone
   nvfp4-c          turbo's NVFP4Linear with that kernel (backend "triton"), compiled
-  nvfp4-dq-c       NVFP4Linear's default CUDA backend: dequantise to bf16 (fused by inductor) + cuBLAS, compiled
+  nvfp4-dq-c       NVFP4Linear's default CUDA backend (turbo's Triton dequantisation to bf16 + cuBLAS), compiled
+  fp8-gemm-fast    torch._scaled_mm with cuBLASLt fast accumulation, the GEMM alone
+  fp8-q            turbo's Triton per-token activation quantisation alone (turbo/quant/fp8_rows.py)
+  fp8-qc           the torch-ops quantisation (turbo.quant.fp8.quantize_rows) under torch.compile, alone
+  fp8-fast         FP8Linear eager (Triton quantisation) with fast accumulation
+  nvfp4-dq         NVFP4Linear's default CUDA backend, eager
+  nvfp4-dq-only    turbo's Triton NVFP4 -> bf16 dequantisation alone (turbo/quant/nvfp4_dequant.py)
+  nvfp4-fp8-fast   NVFP4Linear backend "fp8" (weights re-rounded to e4m3, FP8 W8A8), eager, fast accumulation
+  nvfp4-fp8-c-fast the same under torch.compile
 Medians of `triton.testing.do_bench` (ms); speed-up = bf16 / variant. Each variant's output is checked against the
 bf16 product (rel-L1) so a fast wrong kernel shows. Each shape's NVFP4 weight bytes / bf16 bytes is printed too.
 
@@ -39,7 +47,9 @@ SHAPES = {
     "1.3b": [("1.3B 480p qkvo", 32760, 1536, 1536), ("1.3B 480p ffn-up", 32760, 1536, 8960),
              ("1.3B 480p ffn-down", 32760, 8960, 1536)],
 }
-VARIANTS = "bf16,fp8-gemm,fp8,fp8-c,fp8-c-fast,int8-gemm,int8-c,int8mm-c,nvfp4-gemm,nvfp4-c,nvfp4-dq-c"
+VARIANTS = ("bf16,fp8-gemm,fp8-gemm-fast,fp8-q,fp8-qc,fp8,fp8-fast,fp8-c,fp8-c-fast,int8-gemm,int8-c,nvfp4-dq-only,"
+            "nvfp4-dq,nvfp4-dq-c,nvfp4-fp8-fast,nvfp4-fp8-c-fast")
+ALONE = ("bf16", "fp8-gemm", "fp8-gemm-fast", "fp8-q", "fp8-qc", "int8-gemm", "nvfp4-gemm", "nvfp4-dq-only")  # no x
 
 
 def main() -> int:
@@ -53,9 +63,11 @@ def main() -> int:
     from triton.testing import do_bench
 
     from turbo.quant.fp8 import FP8Linear, quantize_rows
+    from turbo.quant.fp8_rows import quantize_rows_fp8
     from turbo.quant.int8 import INT8Linear, quantize_rows_int8
     from turbo.quant.int8_gemm import int8_scaled_mm
     from turbo.quant.nvfp4 import NVFP4Linear
+    from turbo.quant.nvfp4_dequant import fp8_row_scale, nvfp4_dequant, nvfp4_dequant_reference
     from turbo.quant.nvfp4_gemm import nvfp4_mm
 
     torch.manual_seed(0)
@@ -79,6 +91,12 @@ def main() -> int:
             int8mm = INT8Linear(linear, backend="int_mm")
             nvfp4 = NVFP4Linear(linear, backend="triton")
             nvfp4_dq = NVFP4Linear(linear, backend="dequant")
+            nvfp4_f8 = NVFP4Linear(linear, backend="fp8")
+            nvfp4_f8.fast_accum = True
+            packed = (nvfp4.packed, nvfp4.block_scale, nvfp4.tensor_scale)
+            quantize_compiled = torch.compile(quantize_rows, dynamic=False)
+            checks = _checks(x, packed, quantize_rows, quantize_rows_fp8, fp8_row_scale, nvfp4_dequant,
+                             nvfp4_dequant_reference)
             xq8, xs8 = quantize_rows(x)
             xqi, xsi = quantize_rows_int8(x)
             fns = {
@@ -95,16 +113,27 @@ def main() -> int:
                 "nvfp4-gemm": lambda: nvfp4_mm(x, nvfp4.packed, nvfp4.block_scale, nvfp4.tensor_scale, nvfp4.bias),
                 "nvfp4-c": torch.compile(nvfp4, dynamic=False),
                 "nvfp4-dq-c": torch.compile(nvfp4_dq, dynamic=False),
+                "fp8-gemm-fast": lambda: torch._scaled_mm(xq8, fp8.weight_q.t(), scale_a=xs8,
+                                                          scale_b=fp8.weight_scale[None, :], out_dtype=torch.bfloat16,
+                                                          use_fast_accum=True),
+                "fp8-q": lambda: quantize_rows_fp8(x),
+                "fp8-qc": lambda: quantize_compiled(x),
+                "fp8-fast": fp8_fast,
+                "nvfp4-dq": nvfp4_dq,
+                "nvfp4-dq-only": lambda: nvfp4_dequant(*packed, None, torch.bfloat16),
+                "nvfp4-fp8-fast": nvfp4_f8,
+                "nvfp4-fp8-c-fast": torch.compile(nvfp4_f8, dynamic=False),
             }
-            row = {"shape": label, "M": m, "K": k, "N": n, "ms": {}, "rel_l1": {},
+            row = {"shape": label, "M": m, "K": k, "N": n, "ms": {}, "rel_l1": {}, "checks": checks,
                    "nvfp4_weight_ratio": nvfp4.weight_bytes() / (linear.weight.numel() * linear.weight.element_size())}
             for name in variants:
                 fn = fns[name]
                 try:
                     with torch.no_grad():
-                        out = fn() if name.endswith("-gemm") or name == "bf16" else fn(x)
-                        call = fn if name.endswith("-gemm") or name == "bf16" else (lambda f=fn: f(x))
-                        row["rel_l1"][name] = float((out.float() - ref).abs().sum() / ref.abs().sum())
+                        out = fn() if name in ALONE else fn(x)
+                        call = fn if name in ALONE else (lambda f=fn: f(x))
+                        if isinstance(out, torch.Tensor) and out.shape == ref.shape:
+                            row["rel_l1"][name] = float((out.float() - ref).abs().sum() / ref.abs().sum())
                         row["ms"][name] = do_bench(call, warmup=25, rep=200)
                 except Exception as error:  # keep the other variants' numbers
                     row["ms"][name] = None
@@ -116,12 +145,24 @@ def main() -> int:
                      if row["ms"].get(v) else "—" for v in variants]
             print(f"| {label} | {m} | {k} | {n} | " + " | ".join(cells) + " |", flush=True)
             print("  rel-L1 vs bf16: " + ", ".join(f"{v} {e:.4f}" for v, e in row["rel_l1"].items())
-                  + f"; NVFP4 weight bytes / bf16: {row['nvfp4_weight_ratio']:.3f}", flush=True)
-            fns = x = xq8 = xqi = fp8 = fp8_fast = int8 = int8mm = nvfp4 = nvfp4_dq = None  # free GPU memory
+                  + f"; NVFP4 weight bytes / bf16: {row['nvfp4_weight_ratio']:.3f}; checks {checks}", flush=True)
+            fns = x = xq8 = xqi = fp8 = fp8_fast = int8 = int8mm = nvfp4 = nvfp4_dq = nvfp4_f8 = packed = None
             torch.cuda.empty_cache()
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     return 0
+
+
+def _checks(x, packed, quantize_rows, quantize_rows_fp8, fp8_row_scale, nvfp4_dequant, nvfp4_dequant_reference):
+    """Bit-identity of turbo's Triton passes with their references on this GPU: {name: bool}."""
+    q, s = quantize_rows_fp8(x)
+    rq, rs = quantize_rows(x)
+    rows = fp8_row_scale(packed[1], packed[2])
+    w8, r8 = (f(*packed, rows, torch.float8_e4m3fn).view(torch.uint8) for f in (nvfp4_dequant, nvfp4_dequant_reference))
+    return {"fp8_rows": bool(torch.equal(q.view(torch.uint8), rq.view(torch.uint8)) and torch.equal(s, rs)),
+            "nvfp4_dequant_bf16": bool(torch.equal(nvfp4_dequant(*packed, None, torch.bfloat16),
+                                                   nvfp4_dequant_reference(*packed, None, torch.bfloat16))),
+            "nvfp4_dequant_fp8": bool(torch.equal(w8, r8))}
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ loaded back with `turbo.load_quantized` onto the GPU after the original left it:
 
     python3 benchmarks/quant_memory.py --model wan2.1-t2v-14b --size 480p --modes bf16,nvfp4,fp8 \\
         --out benchmarks/results/quant_memory.json [--load nvfp4]
+
+Modes: bf16, any `quant=` mode, and ``nvfp4-fp8`` (NVFP4 weights, FP8 GEMMs: quant_nvfp4_compute="fp8", fast
+accumulation) and ``fp8-fast`` (FP8 with fast accumulation).
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+MODES = {"nvfp4-fp8": {"quant": "nvfp4", "quant_nvfp4_compute": "fp8", "quant_fast_accum": True},
+         "fp8-fast": {"quant": "fp8", "quant_fast_accum": True}}  # benchmark names -> accelerate options
 
 
 def _gib(n: int) -> float:
@@ -106,7 +113,7 @@ def main(argv=None) -> dict:
         row: dict = {}
         try:
             if mode != "bf16":
-                turbo.accelerate(model, quant=mode)
+                turbo.accelerate(model, **MODES.get(mode, {"quant": mode}))
             gc_clean()
             row["resident_gib"] = _gib(torch.cuda.memory_allocated())
             out, row["forward_peak_gib"], row["forward_s"] = _forward_stats(model, x, args.reps)

@@ -76,7 +76,12 @@ class QuantConfig:
                        "int8: per-channel weights, per-token activations; nvfp4 = weight-only NVFP4, e2m1 weights "
                        "with an e4m3 scale per 16; nvfp4-mixed = NVFP4 weights, per block and step NVFP4 or INT8 "
                        "activations by a calibrated router, needs quant_calibration)", choices=QUANT_MODES)
-    fast_accum: bool = option(False, "fp8: cuBLASLt fast accumulation (faster on Hopper, less exact sums)")
+    fast_accum: bool = option(False, "fp8 (and nvfp4 with nvfp4_compute='fp8'): cuBLASLt fast accumulation (faster "
+                              "on Hopper, less exact sums)")
+    nvfp4_compute: str = option("bf16", "nvfp4: the GEMM's inputs; bf16 = the weights dequantised to the activations' "
+                                "dtype (exact NVFP4 weights); fp8 = the weights re-rounded to e4m3 per output channel "
+                                "and the activations quantised per token, FP8 tensor cores (faster, one more "
+                                "rounding; needs compute capability 8.9+)", choices=("bf16", "fp8"))
     calibration: str = option("", "nvfp4-mixed: the router's calibration JSON (alpha, beta) for this transformer, "
                               "written by `turbo calibrate`; required for nvfp4-mixed")
     mixed_max_error: float = option(0.05, "nvfp4-mixed: a block runs INT8 (high) when the predicted relative L1 error "
@@ -138,6 +143,8 @@ class QuantFeature(Feature):
         devices = {_device_of(t.model) for t in context.targets}
         gpus = [d for d in devices if d.type == "cuda"]
         least, what = MIN_CAPABILITY[section.mode]
+        if section.mode == "nvfp4" and section.nvfp4_compute == "fp8":
+            least, what = MIN_CAPABILITY["fp8"]
         for device in gpus:
             capability = torch.cuda.get_device_capability(device)
             if capability < least:
@@ -164,11 +171,12 @@ class QuantFeature(Feature):
         from .router import RouterSettings, TransformerRouter
 
         swapped = []  # (parent, attribute, original linear, its device)
-        kept = []  # (linear loaded already quantised, its mode, FP8's fast_accum before): restore leaves them so
+        kept = []  # (linear loaded quantised, its mode, (fast_accum, NVFP4 backend) before): restore leaves them so
         loaded_modes = {FP8Linear: "fp8", INT8Linear: "int8", NVFP4Linear: "nvfp4"}
         routers = []  # nvfp4-mixed: one TransformerRouter per transformer
         merged = []  # (peft LoRA layer around a swapped linear, its merged adapters): turbo/quant/lora.py
         weight_only = section.mode in ("nvfp4", "nvfp4-mixed")
+        nvfp4_backend = "fp8" if section.nvfp4_compute == "fp8" else None  # None: NVFP4Linear's default
         try:
             for target in context.targets:
                 device = _device_of(target.model)
@@ -180,9 +188,12 @@ class QuantFeature(Feature):
                     if section.mode != loaded:
                         raise TurboConfigError(f"this model was loaded already quantised to {loaded.upper()}; "
                                                f"quant='{section.mode}' cannot apply on top (use quant='{loaded}').")
-                    kept.append((module, loaded, getattr(module, "fast_accum", None)))
-                    if loaded == "fp8":
+                    before = (getattr(module, "fast_accum", None), getattr(module, "backend", None))
+                    kept.append((module, loaded, before))
+                    if loaded in ("fp8", "nvfp4"):
                         module.fast_accum = section.fast_accum
+                    if loaded == "nvfp4":
+                        module.backend = nvfp4_backend or module.backend
                 blocks = target.adapter.denoising_blocks(target.model)
                 if section.mode == "nvfp4-mixed":  # checked before the swap changes the fingerprint
                     calibration = load_calibration(section.calibration, target.model)
@@ -194,7 +205,8 @@ class QuantFeature(Feature):
                     elif not nvfp4_ready(linear.in_features):
                         continue  # K not a multiple of the 16-value block: stays in its dtype
                     elif section.mode == "nvfp4":
-                        quantised = NVFP4Linear(linear)
+                        quantised = NVFP4Linear(linear, nvfp4_backend)
+                        quantised.fast_accum = section.fast_accum
                     else:
                         quantised = MixedLinear(linear)
                     merged.extend(merged_lists([(parent, attr, linear)]))
@@ -233,9 +245,11 @@ class QuantFeature(Feature):
             for holder, name in slots.get(id(getattr(parent, attr)), [(parent, attr)]):
                 setattr(holder, name, linear)
         repair_merged(token.get("merged", []))
-        for module, mode, fast_accum in token["kept"]:
-            if mode == "fp8":
+        for module, mode, (fast_accum, backend) in token["kept"]:
+            if mode in ("fp8", "nvfp4"):
                 module.fast_accum = fast_accum
+            if mode == "nvfp4":
+                module.backend = backend
         if token["kept"]:
             logger.warning("turbo: restore keeps %d linear layers %s (they were loaded quantised).",
                            len(token["kept"]), token["kept"][0][1].upper())
@@ -257,10 +271,14 @@ class QuantFeature(Feature):
                 fit = f"calibration {section.calibration!r} unreadable now ({type(error).__name__})"
             return (f"nvfp4-mixed: NVFP4 weights, per block and step NVFP4 activations (low) or INT8 W8A8 (high) "
                     f"when alpha·Γ + beta > max error; {fit}, max error {section.mixed_max_error:g}")
+        extra = ", fast accumulation" if section.fast_accum and section.mode == "fp8" else ""
+        if section.mode == "nvfp4" and section.nvfp4_compute == "fp8":
+            extra = ", fast accumulation" if section.fast_accum else ""
+            return "nvfp4: NVFP4 weights in the transformer blocks (e2m1, e4m3 scale per 16, fp32 tensor scale), " \
+                   f"re-rounded to e4m3 per output channel for FP8 GEMMs with per-token activations{extra}"
         if section.mode == "nvfp4":
             return "nvfp4: weight-only NVFP4 linears in the transformer blocks (e2m1 weights, e4m3 scale per 16, " \
                    "fp32 tensor scale; activations in their dtype)"
-        extra = ", fast accumulation" if section.fast_accum and section.mode == "fp8" else ""
         kind = "e4m3" if section.mode == "fp8" else "int8"
         return f"{section.mode}: W8A8 {kind} linears in the transformer blocks (per-channel weights, per-token " \
                f"activations{extra})"

@@ -8,11 +8,11 @@ Numerics (the spec; `fp8_linear_reference` is the oracle and the CPU path):
 - y[m, n] = s_x[m] · s_w[n] · Σ_k x_q[m, k] · W_q[n, k] (fp32 accumulation) + b[n], in the input's dtype.
 
 On CUDA GPUs with FP8 tensor cores (compute capability ≥ 8.9) the product is `torch._scaled_mm` with row-wise scales
-(cuBLASLt FP8 GEMM, scales applied in its epilogue). The activation quantisation is plain torch ops on purpose:
-under `torch.compile` inductor fuses them into the producer of x and de-duplicates the pass shared by q/k/v. Measured
-on an H200 (Wan-1.3B 480p rows, 32,760 tokens): 0.10 ms compiled for 1536-wide rows, 0.73 ms for 8960-wide ones; a
-one-pass Triton kernel holding whole rows in registers was slower (0.34 / 0.75 ms) and blocked the fusion, so it was
-dropped. Eager (uncompiled) quantisation costs 0.58 / 3.3 ms: use FP8 with compile="regional".
+(cuBLASLt FP8 GEMM, scales applied in its epilogue). Under `torch.compile` the activation quantisation is plain
+torch ops on purpose: inductor fuses them into the producer of x and de-duplicates the pass shared by q/k/v (measured
+on an H200, Wan-1.3B 480p rows, 32,760 tokens: 0.10 ms for 1536-wide rows, 0.73 ms for 8960-wide ones). Eager, those
+torch ops cost several passes (0.58 / 3.3 ms), so uncompiled calls use turbo's Triton kernel
+(turbo/quant/fp8_rows.py, bit-identical; one read of x, one write of x_q).
 
 Which linears pay off: the per-token pass reads M·K activations while the FP8 GEMM saves time ∝ M·N·K, so layers with
 a wide input and a narrow output lose. Measured at Wan-1.3B 480p: the feed-forward down-projection (K 8960 → N 1536)
@@ -67,7 +67,13 @@ def fp8_linear(x: Tensor, weight_q: Tensor, weight_scale: Tensor, bias: Tensor |
     `fp8_linear_reference` (up to accumulation order; `fast_accum` trades Hopper's exact fp32 accumulation for speed).
     Needs K and N multiples of 16."""
     shape = x.shape
-    x_q, x_scale = quantize_rows(x.reshape(-1, shape[-1]))
+    rows = x.reshape(-1, shape[-1])
+    if torch.compiler.is_compiling():  # a trace-time choice: inductor fuses the torch ops into x's producer
+        x_q, x_scale = quantize_rows(rows)
+    else:
+        from .fp8_rows import quantize_rows_fp8
+
+        x_q, x_scale = quantize_rows_fp8(rows)
     out = torch._scaled_mm(x_q, weight_q.t(), scale_a=x_scale, scale_b=weight_scale[None, :], bias=None,
                            out_dtype=x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16,
                            use_fast_accum=fast_accum)

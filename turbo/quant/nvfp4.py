@@ -13,11 +13,16 @@ Numerics (the spec; `nvfp4_linear_reference` is the oracle and the CPU path):
 - y = x · W'ᵀ + b with an fp32 product, in x's dtype.
 
 Backends of `NVFP4Linear`:
-- "dequant" (the default on CUDA): the weight is dequantised to x's dtype in torch ops on every call (inductor fuses
-  them into one pass under torch.compile; the bf16 copy lives only during the call) and cuBLAS multiplies. Measured
-  on an H200 (torch 2.11, Triton 3.6, bf16, compiled): 0.92× bf16 at 32760×5120→5120, 0.90× at 32760×1536→8960,
-  0.80× at 4096×5120→5120 (eager: 0.80×, 0.36× at M 4096, with fp32 temporaries of the weight's size). The
-  weights round once more, to x's dtype (rel. 2.5e-3 against the reference).
+- "dequant" (the default on CUDA): turbo's one-pass Triton kernel (turbo/quant/nvfp4_dequant.py,
+  `turbo::nvfp4_dequant`) writes the weight in x's dtype on every call (bit-identical to `dequantize_nvfp4`; the
+  copy lives only during the call) and cuBLAS multiplies. (Before that kernel the dequantisation was torch ops,
+  fused by inductor under torch.compile: 0.80–0.92× bf16 on an H200 at Wan shapes, 0.36× eager at M 4096.)
+  The weights round once more, to x's dtype (rel. 2.5e-3 against the reference).
+- "fp8" (`quant_nvfp4_compute="fp8"`, GPUs with FP8 tensor cores): the same kernel writes e4m3 weights with a scale
+  per output channel (`nvfp4_dequant.fp8_row_scale`, derived from the block scales on every call), the activations
+  are quantised per token as in FP8 W8A8 (turbo/quant/fp8.py) and cuBLASLt's FP8 GEMM multiplies: NVFP4's weight
+  memory at FP8's speed, with one more rounding of the weight (e4m3 holds one significant bit fewer than
+  e2m1 · s_b) and FP8 activations. Off CUDA it runs the same numerics in plain PyTorch (`nvfp4_fp8_reference`).
 - "triton": turbo's GEMM (turbo/quant/nvfp4_gemm.py, `turbo::nvfp4_mm`) decodes codes and block scales in registers
   and feeds the exact (e2m1 · s_b) tile to the tensor cores; the dequantised weight never exists in memory. Correct
   on the H200 but measured 0.22–0.27× bf16 at the same shapes (the per-tile decode is not hidden behind the MMAs), so
@@ -121,13 +126,42 @@ def nvfp4_linear_triton(x: Tensor, packed: Tensor, block_scale: Tensor, tensor_s
 
 def nvfp4_linear_dequant(x: Tensor, packed: Tensor, block_scale: Tensor, tensor_scale: Tensor,
                          bias: Tensor | None) -> Tensor:
-    """The weight dequantised to x's dtype in torch ops (one fused pass under torch.compile), then `F.linear`: same
+    """The weight dequantised to x's dtype (turbo's Triton pass on CUDA, torch ops elsewhere), then `F.linear`: same
     signature as `nvfp4_linear_reference`; the weights round once more, to x's dtype."""
-    w = dequantize_nvfp4(packed, block_scale, tensor_scale, x.dtype)
+    if x.is_cuda:
+        from .nvfp4_dequant import nvfp4_dequant
+
+        w = nvfp4_dequant(packed, block_scale, tensor_scale, None, x.dtype)
+    else:
+        w = dequantize_nvfp4(packed, block_scale, tensor_scale, x.dtype)
     return F.linear(x, w, None if bias is None else bias.to(x.dtype))
 
 
-BACKENDS = ("triton", "dequant", "reference")
+def nvfp4_fp8_reference(x: Tensor, packed: Tensor, block_scale: Tensor, tensor_scale: Tensor,
+                        bias: Tensor | None) -> Tensor:
+    """The "fp8" backend's numerics in plain PyTorch (any device): the NVFP4 weight re-rounded to e4m3 with a scale
+    per output channel (turbo/quant/nvfp4_dequant.py), then the FP8 W8A8 linear (`fp8_linear_reference`)."""
+    from .fp8 import fp8_linear_reference
+    from .nvfp4_dequant import fp8_row_scale, nvfp4_dequant_reference
+
+    row_scale = fp8_row_scale(block_scale, tensor_scale)
+    w_q = nvfp4_dequant_reference(packed, block_scale, tensor_scale, row_scale, FP8)
+    return fp8_linear_reference(x, w_q, row_scale, bias)
+
+
+def nvfp4_linear_fp8(x: Tensor, packed: Tensor, block_scale: Tensor, tensor_scale: Tensor, bias: Tensor | None,
+                     fast_accum: bool = False) -> Tensor:
+    """The "fp8" backend on a CUDA GPU with FP8 tensor cores: same numerics as `nvfp4_fp8_reference` (up to the
+    GEMM's accumulation order); N and K multiples of 16."""
+    from .fp8 import fp8_linear
+    from .nvfp4_dequant import fp8_row_scale, nvfp4_dequant
+
+    row_scale = fp8_row_scale(block_scale, tensor_scale)
+    w_q = nvfp4_dequant(packed, block_scale, tensor_scale, row_scale, FP8)
+    return fp8_linear(x, w_q, row_scale, bias, fast_accum)
+
+
+BACKENDS = ("triton", "dequant", "fp8", "reference")
 
 
 def _backend(in_features: int, backend: str | None, cuda: bool) -> str:
@@ -142,9 +176,9 @@ def _backend(in_features: int, backend: str | None, cuda: bool) -> str:
 
 class NVFP4Linear(QuantisedWeightOnly, nn.Module):
     """Drop-in for `nn.Linear` with NVFP4 weight-only numerics. Buffers: `packed` [N, K/2] uint8, `block_scale`
-    [N, K/16] float8_e4m3fn, `tensor_scale` 0-dim fp32, `bias` [N] (the original dtype) or None. `backend` (fixed at
-    construction; see the module docstring): "dequant" (the default on CUDA), "triton" or "reference" (the default
-    elsewhere). K must be a multiple of 16."""
+    [N, K/16] float8_e4m3fn, `tensor_scale` 0-dim fp32, `bias` [N] (the original dtype) or None. `backend` (see the
+    module docstring): "dequant" (the default on CUDA), "fp8", "triton" or "reference" (the default elsewhere);
+    `fast_accum` (the "fp8" backend): cuBLASLt fast accumulation. K must be a multiple of 16."""
 
     def __init__(self, linear: nn.Linear, backend: str | None = None):
         super().__init__()
@@ -161,6 +195,7 @@ class NVFP4Linear(QuantisedWeightOnly, nn.Module):
         self.register_buffer("tensor_scale", tensor_scale)
         self.register_buffer("bias", bias)
         self.backend = backend
+        self.fast_accum = False
 
     @classmethod
     def empty(cls, in_features: int, out_features: int, bias: bool, dtype: torch.dtype, device=None,
@@ -180,6 +215,11 @@ class NVFP4Linear(QuantisedWeightOnly, nn.Module):
         return module
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.backend == "fp8":
+            if x.is_cuda:
+                return nvfp4_linear_fp8(x, self.packed, self.block_scale, self.tensor_scale, self.bias,
+                                        self.fast_accum)
+            return nvfp4_fp8_reference(x, self.packed, self.block_scale, self.tensor_scale, self.bias)
         if self.backend == "triton":
             return nvfp4_linear_triton(x, self.packed, self.block_scale, self.tensor_scale, self.bias)
         if self.backend == "dequant":
@@ -193,5 +233,6 @@ class NVFP4Linear(QuantisedWeightOnly, nn.Module):
     def extra_repr(self) -> str:
         path = {"triton": "nvfp4 GEMM (turbo Triton, dequantised in registers)",
                 "dequant": "dequantised to the input dtype, then F.linear",
+                "fp8": "re-quantised to FP8 per output channel, FP8 W8A8 GEMM",
                 "reference": "dequantised fp32 reference"}[self.backend]
         return f"in_features={self.in_features}, out_features={self.out_features}, {path}"
