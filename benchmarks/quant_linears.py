@@ -62,7 +62,7 @@ def main() -> int:
     import triton
     from triton.testing import do_bench
 
-    from turbo.quant.fp8 import FP8Linear, quantize_rows
+    from turbo.quant.fp8 import FP8Linear, bias_in_epilogue, fp8_linear_reference, quantize_rows
     from turbo.quant.fp8_rows import quantize_rows_fp8
     from turbo.quant.int8 import INT8Linear, quantize_rows_int8
     from turbo.quant.int8_gemm import int8_scaled_mm
@@ -97,6 +97,10 @@ def main() -> int:
             quantize_compiled = torch.compile(quantize_rows, dynamic=False)
             checks = _checks(x, packed, quantize_rows, quantize_rows_fp8, fp8_row_scale, nvfp4_dequant,
                              nvfp4_dequant_reference)
+            with torch.no_grad():  # the GPU FP8 linear (bias in the epilogue where supported) vs its reference
+                want = fp8_linear_reference(x, fp8.weight_q, fp8.weight_scale, fp8.bias).float()
+                checks["fp8_vs_reference_rel_l1"] = float((fp8(x).float() - want).abs().sum() / want.abs().sum())
+            checks["bias_in_epilogue"] = bias_in_epilogue(0)
             xq8, xs8 = quantize_rows(x)
             xqi, xsi = quantize_rows_int8(x)
             fns = {

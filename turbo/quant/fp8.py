@@ -22,6 +22,8 @@ quantised)."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -61,11 +63,31 @@ def fp8_linear_reference(x: Tensor, weight_q: Tensor, weight_scale: Tensor, bias
     return out.to(x.dtype).reshape(*shape[:-1], weight_q.shape[0])
 
 
+@functools.cache
+def _probe_bias_epilogue(index: int) -> bool:
+    with torch.device("cuda", index):
+        a, b = torch.zeros(16, 16).to(FP8), torch.zeros(16, 16).to(FP8)
+        try:
+            torch._scaled_mm(a, b.t(), scale_a=torch.ones(16, 1), scale_b=torch.ones(1, 16),
+                             bias=torch.ones(16, dtype=torch.bfloat16), out_dtype=torch.bfloat16)
+        except (RuntimeError, ValueError):
+            return False
+    return True
+
+
+@torch.compiler.assume_constant_result
+def bias_in_epilogue(index: int) -> bool:
+    """Whether this torch's `_scaled_mm` adds a bias in its epilogue with row-wise scales on CUDA device `index`
+    (probed once with a 16 × 16 product; a constant for torch.compile)."""
+    return _probe_bias_epilogue(index)
+
+
 def fp8_linear(x: Tensor, weight_q: Tensor, weight_scale: Tensor, bias: Tensor | None,
                fast_accum: bool = False) -> Tensor:
     """The FP8 W8A8 linear on a CUDA GPU with FP8 tensor cores: same signature and numerics as
     `fp8_linear_reference` (up to accumulation order; `fast_accum` trades Hopper's exact fp32 accumulation for speed).
-    Needs K and N multiples of 16."""
+    Needs K and N multiples of 16. The bias is added in the GEMM's epilogue (fp32, one rounding, as the reference
+    does) where torch supports it, else in a separate pass on the rounded product."""
     shape = x.shape
     rows = x.reshape(-1, shape[-1])
     if torch.compiler.is_compiling():  # a trace-time choice: inductor fuses the torch ops into x's producer
@@ -74,10 +96,12 @@ def fp8_linear(x: Tensor, weight_q: Tensor, weight_scale: Tensor, bias: Tensor |
         from .fp8_rows import quantize_rows_fp8
 
         x_q, x_scale = quantize_rows_fp8(rows)
-    out = torch._scaled_mm(x_q, weight_q.t(), scale_a=x_scale, scale_b=weight_scale[None, :], bias=None,
-                           out_dtype=x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16,
+    out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+    fused = bias is not None and out_dtype == torch.bfloat16 and bias_in_epilogue(x.device.index or 0)
+    out = torch._scaled_mm(x_q, weight_q.t(), scale_a=x_scale, scale_b=weight_scale[None, :],
+                           bias=bias.to(out_dtype) if fused else None, out_dtype=out_dtype,
                            use_fast_accum=fast_accum)
-    if bias is not None:
+    if bias is not None and not fused:
         out = out + bias.to(out.dtype)
     return out.to(x.dtype).reshape(*shape[:-1], weight_q.shape[0])
 
