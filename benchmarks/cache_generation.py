@@ -91,7 +91,9 @@ def setup_config(name: str, pipe, kwargs, steps: int):
         return lambda: turbo.restore(pipe)
     if name.startswith("turbo:"):
         options = dict(item.split("=", 1) for item in name[len("turbo:"):].split(";"))
-        turbo.accelerate(pipe, **{k: ast.literal_eval(v) if v[:1].isdigit() else v for k, v in options.items()})
+        literal = {k: ast.literal_eval(v) if v[:1].isdigit() or v in ("True", "False") else v
+                   for k, v in options.items()}
+        turbo.accelerate(pipe, **literal)
         return lambda: turbo.restore(pipe)
     if kind == "fbc":
         pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=float(value) if value else 0.05))

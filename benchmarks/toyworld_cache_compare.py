@@ -7,7 +7,9 @@ MagCache, same prompts and seeds, against the uncached teacher.
 ``fp8`` / ``int8`` / ``nvfp4``: quantised linears instead of a cache (same prompts, PSNR against the unquantised
 videos); ``mixed@FILE[@MAX_ERROR]``: ``quant="nvfp4-mixed"`` with a `turbo calibrate` file.
 A config may name its threshold: ``tdc@0.1``, ``fbc@0.1``, ``mag@0.12`` (a threshold sweep: ``--configs
-none,tdc@0.03,tdc,tdc@0.1``).
+none,tdc@0.03,tdc,tdc@0.1``); TDC takes any of its options as ``+key=value`` (``tdc@0.05+span=1+max_skips=3``);
+``tdc-v1`` is the first TDC (per block, decisions per CFG branch, held residuals, threshold 0.05, max error 0.1,
+≤ 2 skips in a row) for comparison.
 
 Per config: the fraction of transformer-block computations skipped (counted by hooks on every block's feed-forward,
 so the three caches are counted the same way), mean same-seed PSNR against the uncached videos, the judge's accuracy,
@@ -91,7 +93,8 @@ def main() -> int:
                 seconds += dt
                 judged.append(judge(video, prompt))
             report = getattr(pipe, "turbo", None)
-            activity = [line.strip() for line in str(report).splitlines() if "quant:" in line] if report else []
+            activity = [line.strip() for line in str(report).splitlines() if "quant:" in line or "cache:" in line] \
+                if report else []
         finally:
             counter.remove()
             teardown()
@@ -116,6 +119,9 @@ def main() -> int:
     return 0
 
 
+V1_TDC = ["span=1", "aligned=False", "extrapolate=False", "threshold=0.05", "max_error=0.1", "max_skips=2"]
+
+
 def _config(name, pipe, first, kwargs, args):
     """(setup, teardown) callables that put cache `name` on `pipe` and take it off again."""
     from diffusers.hooks import FirstBlockCacheConfig, MagCacheConfig
@@ -134,9 +140,19 @@ def _config(name, pipe, first, kwargs, args):
         extra = {"quant_mixed_max_error": float(budget[0])} if budget else {}
         return (lambda: turbo.accelerate(pipe, quant="nvfp4-mixed", quant_calibration=path, **extra)), \
             (lambda: turbo.restore(pipe))
+    name, *extra = name.split("+")  # "tdc+span=1+aligned=False": TDC options ("+quant=fp8": with quantised linears)
+    if name == "tdc-v1":
+        name, extra = "tdc", [*V1_TDC, *extra]
     name, _, value = name.partition("@")  # "tdc@0.1" / "fbc@0.1": that threshold
     if name == "tdc":
         options = {"cache_threshold": float(value)} if value else {}
+        for item in extra:
+            key, _, text = item.partition("=")
+            if key == "quant":  # "tdc+quant=fp8": the cache over quantised linears
+                options["quant"] = text
+                continue
+            options["cache_" + key] = {"True": True, "False": False}.get(text) if text in ("True", "False") \
+                else (int(text) if text.lstrip("-").isdigit() else float(text))
         return (lambda: turbo.accelerate(pipe, cache="tdc", **options)), (lambda: turbo.restore(pipe))
     if name == "fbc":
         threshold = float(value) if value else args.fbc_threshold
@@ -164,7 +180,7 @@ def _config(name, pipe, first, kwargs, args):
                                                          **threshold))
 
         return calibrate_then_enable, pipe.transformer.disable_cache
-    raise SystemExit(f"unknown cache config {name!r}; known: none, tdc, fbc, mag")
+    raise SystemExit(f"unknown cache config {name!r}; known: none, tdc, tdc-v1, fbc, mag")
 
 
 if __name__ == "__main__":

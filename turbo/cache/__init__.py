@@ -1,14 +1,16 @@
 """Step-to-step block caching: the Temporal Delta Cache (ALGORITHMS.md §7).
 
-`turbo.accelerate(pipe, cache="tdc")` puts a diffusers `ModelHook` on every denoising block of each transformer
-(the adapter's `denoising_blocks`: Wan's blocks, HunyuanVideo's dual- and single-stream blocks). Per block and CFG
-branch the hook keeps the block's residual (output − input) from its last computed step and skips the block — output
-= input + cached residual — while the residual is predicted stable: its relative change between the last two
-computed steps (per step) is under `threshold`, the predicted error accumulated over the skip run stays within
-`max_error`, at most `max_skips` skips in a row, never in the first `warmup_steps` or the last `final_steps` steps.
-State is per CFG branch and resets at every new pipeline call; `turbo.restore` removes every hook. The rule, where
-the decisions are taken and why every rank takes the same one: turbo/cache/tdc.py. Skip counts per branch:
-`turbo.cache.cache_stats(pipe)`."""
+`turbo.accelerate(pipe, cache="tdc")` (the default of `turbo.accelerate(pipe)` for known pipelines) puts a diffusers
+`ModelHook` on every denoising block of each transformer (the adapter's `denoising_blocks`: Wan's blocks,
+HunyuanVideo's dual- and single-stream blocks). The blocks are grouped into spans (default: one span of all of
+them); per span and CFG branch the hooks keep the span's residual (output − input) from its last computed step and
+its change per step, and skip the span — output = input + extrapolated residual — while the measured miss of that
+extrapolation, times the steps since the last computation, stays under `threshold`, the predicted error accumulated
+over the skip run stays within `max_error`, at most `max_skips` skips in a row, never in the first `warmup_steps`
+or the last `final_steps` steps; by default one decision per step serves both CFG branches. State is per CFG branch
+and resets at every new pipeline call; `max_memory_gb` caps the residual memory; `turbo.restore` removes every hook.
+The rule, the memory, where the decisions are taken and why every rank takes the same one: turbo/cache/tdc.py.
+Skip counts per branch: `turbo.cache.cache_stats(pipe)`."""
 
 from __future__ import annotations
 
@@ -29,14 +31,24 @@ class CacheConfig:
 
     mode: str = option("off", "block residual cache: tdc = Temporal Delta Cache (skip temporally stable blocks)",
                        choices=CACHE_MODES)
-    threshold: float = option(0.05, "tdc: a block counts as stable when its residual changed by less than this "
-                              "(relative L1 per step) between its last two computed steps; 0 never skips",
+    threshold: float = option(0.05, "tdc: skip a span only while its predicted relative error (L1) is under this: "
+                              "the measured extrapolation miss per step × steps since its last computation (Γ, the "
+                              "residual's change per step, without extrapolate); 0 never skips",
                               range=(0.0, 1000.0))
-    max_error: float = option(0.1, "tdc: recompute a block once its accumulated predicted error (sum of its "
-                              "per-step change over the skip run) would exceed this", range=(0.0, 1000.0))
-    max_skips: int = option(2, "tdc: most consecutive steps a block may be skipped (paper: 2)", range=(1, 1000))
+    max_error: float = option(0.1, "tdc: recompute a span once its accumulated predicted error (sum over the skip "
+                              "run) would exceed this", range=(0.0, 1000.0))
+    max_skips: int = option(4, "tdc: most consecutive steps a span may be skipped (the paper's per-block TDC: 2)",
+                            range=(1, 1000))
     warmup_steps: int = option(5, "tdc: first steps always computed", range=(0, 100000))
     final_steps: int = option(2, "tdc: last steps always computed", range=(0, 100000))
+    span: int = option(0, "tdc: consecutive blocks sharing one cached residual and one decision; 0 = all blocks "
+                       "(whole-stack cache, least memory), 1 = per block", range=(0, 100000))
+    aligned: bool = option(True, "tdc: one skip decision per step shared by the CFG branches (both stale at the "
+                           "same steps)")
+    extrapolate: bool = option(True, "tdc: first-order extrapolation of the residual from its last two computations "
+                               "(one more hidden state per span and branch); off = reuse it as is")
+    max_memory_gb: float = option(8.0, "tdc: most residual memory one transformer may hold (GiB, all branches); a "
+                                  "span past it is not cached", range=(0.0, 1e6))
 
     def __post_init__(self):
         validate_options(self, "cache")
@@ -45,7 +57,8 @@ class CacheConfig:
         from .tdc import TDCSettings
 
         return TDCSettings(float(self.threshold), float(self.max_error), int(self.max_skips),
-                           int(self.warmup_steps), int(self.final_steps))
+                           int(self.warmup_steps), int(self.final_steps), int(self.span), bool(self.aligned),
+                           bool(self.extrapolate), float(self.max_memory_gb))
 
 
 def _scheduler_steps(pipe):
@@ -103,14 +116,25 @@ class CacheFeature(Feature):
 
     def activity(self, context, token) -> str | None:
         components = {id(t.model): t.component for t in context.targets}
-        return _activity_line({components.get(id(cache.model), "transformer"): {
+        line = _activity_line({components.get(id(cache.model), "transformer"): {
             branch: dict(counts) for branch, counts in sorted(cache.counts.items())} for cache in token})
+        if line is None:
+            return None
+        memory = ", ".join(f"{components.get(id(cache.model), 'transformer')} {cache.peak_bytes / 2**20:.1f} MiB"
+                           for cache in token)
+        refused = sum(cache.refused for cache in token)
+        return (f"{line}; residual memory peak {memory} (cap {token[0].settings.max_memory_gb:g} GiB each"
+                + (f", {refused} span residual(s) refused" if refused else "") + ")")
 
     def describe(self, section: CacheConfig) -> str:
-        return (f"tdc: Temporal Delta Cache per block and CFG branch, threshold {section.threshold:g}, "
-                f"max error {section.max_error:g}, ≤ {section.max_skips} skips in a row, steps "
-                f"[{section.warmup_steps}, last − {section.final_steps}) only; skip counts: "
-                "turbo.cache.cache_stats(pipe)")
+        unit = "all blocks as one span" if section.span == 0 else (
+            "per block" if section.span == 1 else f"spans of {section.span} blocks")
+        return (f"tdc: Temporal Delta Cache, {unit}, "
+                f"{'one decision per step for all CFG branches' if section.aligned else 'decisions per CFG branch'}, "
+                f"{'extrapolated residuals' if section.extrapolate else 'held residuals'}, threshold "
+                f"{section.threshold:g}, max error {section.max_error:g}, ≤ {section.max_skips} skips in a row, steps "
+                f"[{section.warmup_steps}, last − {section.final_steps}) only, residuals ≤ {section.max_memory_gb:g} "
+                "GiB per transformer; skip counts: turbo.cache.cache_stats(pipe)")
 
 
 def _activity_line(counts: dict) -> str | None:
