@@ -61,16 +61,17 @@ def default_config(pipe=None) -> TurboConfig:
     part kept because it measured faster end to end and within the ToyWorld quality bars (docs/BENCHMARKS.md,
     2026-11-30). Keyword options (`accelerate(pipe, attention="svg")`) start from the stock config instead.
 
-    That is the Temporal Delta Cache (`cache="tdc"`) for a pipeline with one transformer whose blocks diffusers'
-    hook registry knows (Wan T2V/I2V, HunyuanVideo): on ToyWorld, 200 prompts, 50 steps + CFG on an H200, it skipped
-    49 % of the block evaluations, ran the whole call 1.31× faster, kept 34.3 dB same-seed PSNR and every judged
-    attribute within 2 points. It never skips in the first 5 or the last 2 steps, so a few-step (e.g. rCM) call is
-    unchanged. A transformer alone (no pipeline call to count steps in), a Wan2.2 pair of transformers (not measured)
-    or unknown blocks get the dense config: nothing changes. `pipe=None`: the pipeline default.
+    That is the Temporal Delta Cache (`cache="tdc"`, turbo/cache/tdc.py) for a pipeline with one transformer whose
+    blocks diffusers' hook registry knows (Wan T2V/I2V, HunyuanVideo): on ToyWorld, 200 prompts, 50 steps + CFG on an
+    H200, it skipped 58 % of the block evaluations, ran the whole call 1.43× faster, kept 44.4 dB same-seed PSNR and
+    every judged attribute within 0.5 point; on the Wan2.1-1.3B architecture with random weights it skipped nothing
+    and cost nothing measurable (+0.5 GiB). It never skips in the first 5 or the last 2 steps, so a few-step (e.g.
+    rCM) call is unchanged. A transformer alone (no pipeline call to count steps in), a Wan2.2 pair of transformers
+    (not measured) or unknown blocks get the dense config: nothing changes. `pipe=None`: the pipeline default.
 
-    Not in it: FP8 linears (within the bars, but 1.02× on a Wan-1.3B forward and slower on ToyWorld), low-bit
-    attention (1.02× on a Wan-1.3B forward), `compile` (1.18× per forward, but a first call that compiles for
-    seconds to minutes); `cache="off"` turns the cache off."""
+    Not in it: FP8 linears (within the bars, 1.13–1.16× on an eager Wan-14B 480p forward, but not faster on an eager
+    Wan-1.3B generation and slower on ToyWorld), low-bit attention (1.02× on a Wan-1.3B forward), `compile` (1.18×
+    per forward, but a first call that compiles for seconds to minutes); `cache="off"` turns the cache off."""
     dense = TurboConfig()
     if pipe is None:
         return dense.replace(cache="tdc")

@@ -131,7 +131,7 @@ class CacheFeature(Feature):
             "per block" if section.span == 1 else f"spans of {section.span} blocks")
         return (f"tdc: Temporal Delta Cache, {unit}, "
                 f"{'one decision per step for all CFG branches' if section.aligned else 'decisions per CFG branch'}, "
-                f"{'extrapolated residuals' if section.extrapolate else 'held residuals'}, threshold "
+                f"{'extrapolated (or held) residuals' if section.extrapolate else 'held residuals'}, threshold "
                 f"{section.threshold:g}, max error {section.max_error:g}, ≤ {section.max_skips} skips in a row, steps "
                 f"[{section.warmup_steps}, last − {section.final_steps}) only, residuals ≤ {section.max_memory_gb:g} "
                 "GiB per transformer; skip counts: turbo.cache.cache_stats(pipe)")

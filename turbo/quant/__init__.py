@@ -9,15 +9,20 @@ on the CPU while quantised (the GPU holds only the FP8 weights) and `turbo.resto
 On a CPU the same numerics run simulated (for accuracy studies; not faster). `quant="int8"` swaps the same linears for
 `INT8Linear` (turbo/quant/int8.py: int8 weights per output channel, activations per token; on CUDA turbo's Triton
 INT8 GEMM with the scales fused, turbo/quant/int8_gemm.py; `torch._int_mm` on CPUs). Measured on an H200 at Wan-14B
-shapes (docs/BENCHMARKS.md, 2026-11-30), compiled, incl. the activation pass: FP8 1.36–1.64× bf16 (fast
-accumulation), INT8 1.25–1.51×; a Wan-14B 720p forward with SLA keep 5 % + FP8 is 4.08× stock.
+shapes (docs/BENCHMARKS.md, 2026-11-30), compiled, incl. the activation pass: FP8 1.56–1.85× bf16 (fast
+accumulation; eager, with turbo's Triton activation pass and the bias in the GEMM epilogue, 1.42–1.63×, 1.47–1.84×
+with fast accumulation), INT8 1.25–1.51×; a Wan-14B 720p forward with
+SLA keep 5 % + FP8 is 4.08× stock.
 `quant="nvfp4"` stores the weights of every block linear whose in_features is a multiple of 16 (the wide-input rule
 is about the activation pass, which weight-only quantisation does not have) as `NVFP4Linear` (turbo/quant/nvfp4.py:
 e2m1 codes, an e4m3 scale per 16 weights, an fp32 tensor scale; 0.28× the bytes of bf16); the activations stay in
-their dtype. Hopper has no FP4 tensor cores, so this saves memory, not compute: on CUDA each call dequantises the
-weight to bf16 (one fused pass under torch.compile) for a cuBLAS GEMM, measured 0.90–0.92× bf16 at Wan-size M on an
-H200, compiled; turbo's Triton GEMM that dequantises in registers (turbo/quant/nvfp4_gemm.py) measured 0.22–0.27× and
-is only a selectable backend. On CPUs the weights are dequantised in PyTorch (fp32).
+their dtype. Hopper has no FP4 tensor cores: on CUDA each call dequantises the weight to bf16 with turbo's one-pass
+Triton kernel (turbo/quant/nvfp4_dequant.py) for a cuBLAS GEMM, measured 0.96–1.05× bf16 at Wan shapes on an H200
+(a Wan-14B 480p forward as fast as bf16 at 11.4 GiB peak instead of 30.1). `quant_nvfp4_compute="fp8"` re-rounds the
+dequantised weight to e4m3 per output channel and runs FP8 W8A8 GEMMs instead: NVFP4's memory at most of FP8's speed
+(1.35–1.72× bf16 eager at Wan-14B shapes; a 14B 480p forward 1.14× bf16), one more rounding. turbo's Triton GEMM
+that dequantises in registers (turbo/quant/nvfp4_gemm.py) measured 0.22–0.27× and is only a selectable backend. On
+CPUs the weights are dequantised in PyTorch (fp32).
 `quant="nvfp4-mixed"` (6Bit-Diffusion's dynamic mixed precision) swaps the same linears as nvfp4 for `MixedLinear`
 (turbo/quant/mixed.py: NVFP4 weights; per call either "low" = NVFP4-emulated activations, an accuracy-study path on
 Hopper, or "high" = INT8 W8A8 on the NVFP4 weight re-quantised to int8) and puts a router hook on every block
