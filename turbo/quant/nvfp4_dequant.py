@@ -90,9 +90,8 @@ def _launch(packed: Tensor, block_scale: Tensor, tensor_scale: Tensor, row_scale
     out_fp8 = out_dtype == FP8
     if out_dtype not in (torch.bfloat16, torch.float16, torch.float32, FP8) or (out_fp8 and row_scale is None):
         raise ValueError(f"nvfp4_dequant writes bf16, fp16, fp32 or float8_e4m3fn (with row_scale), not {out_dtype}.")
-    out = torch.empty((n, k), dtype=out_dtype, device=packed.device)
     if n == 0 or k == 0:
-        return out
+        return torch.empty((n, k), dtype=out_dtype, device=packed.device)
     emulate = not _has_fp8(packed.device)
     scales = block_scale.contiguous()
     scales = scales.view(torch.uint8) if emulate else scales
@@ -102,6 +101,7 @@ def _launch(packed: Tensor, block_scale: Tensor, tensor_scale: Tensor, row_scale
         wide = torch.empty((n, k), dtype=torch.float32, device=packed.device)
         _run(packed, scales, t, rows, wide, n, k, emulate, True)
         return wide.to(FP8)
+    out = torch.empty((n, k), dtype=out_dtype, device=packed.device)
     _run(packed, scales, t, rows, out, n, k, emulate, out_fp8)
     return out
 
