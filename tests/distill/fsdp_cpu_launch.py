@@ -5,8 +5,8 @@ state that ``accelerate launch --use_fsdp --fsdp_version 2`` sets on GPUs; accel
 (``fully_shard`` per block, the optimizer's parameters swapped for DTensors) then runs on gloo. The plugin reads the
 ``FSDP_*`` environment variables as under ``accelerate launch`` (`ACCELERATE_FSDP_ENV` in the test sets them).
 
-    python -m torch.distributed.run --nproc_per_node 2 tests/distill/fsdp_cpu_launch.py CONFIG CACHE OUT [--fsdp]
-        [--resume] [--set KEY=VALUE ...]
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/distill/fsdp_cpu_launch.py CONFIG CACHE OUT
+        [--fsdp] [--resume] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations

@@ -27,8 +27,9 @@ def test_two_process_rcm_run_with_torchrun(tmp_path):
     sets = {"teacher": str(TEACHER), "data": str(tmp_path / "cache"), "steps": "2", "batch_size": "2",
             "mixed_precision": "no", "show_progress": "false", "sample_every": "0", "save_every": "2",
             "log_every": "1", "tangent_warmup": "1", "student_update_freq": "1"}
-    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "turbo.distill", "--config",
-            str(ROOT / "examples" / "distill_toyworld.yaml"), "--out", str(tmp_path / "run"),
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "-m", "turbo.distill", "--config", str(ROOT / "examples" / "distill_toyworld.yaml"),
+            "--out", str(tmp_path / "run"),
             *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")]]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -6,6 +6,7 @@ under FSDP and ends where the uninterrupted run ends (checkpoints hold full tens
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,13 +31,16 @@ def _launch(tmp_path, out: Path, *, fsdp: bool, resume: bool = False, extra: dic
             "show_progress": "false", "sample_every": "0", "save_every": "2", "keep_checkpoints": "3",
             "log_every": "1", "tangent_warmup": "1", "student_update_freq": "2", "gradient_checkpointing": "true",
             **(extra or {})}
-    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(LAUNCH),
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(LAUNCH),
             str(ROOT / "examples" / "distill_toyworld.yaml"), str(tmp_path / "cache"), str(out),
             *(["--fsdp"] if fsdp else []), *(["--resume"] if resume else []),
             *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")]]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(ACCELERATE_FSDP_ENV if fsdp else {})}
     proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    if proc.returncode != 0:  # each rank's first error lines, then the tail (a crashing rank is not the last to print)
+        log = proc.stdout + proc.stderr
+        firsts = [line for line in log.splitlines() if re.search(r"Error|error:|Abort|terminate|what\(\)", line)][:20]
+        raise AssertionError("\n".join(firsts) + "\n...\n" + log[-3000:])
     return proc.stdout + proc.stderr
 
 
