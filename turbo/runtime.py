@@ -58,13 +58,15 @@ class AttentionCall:
 
     `num_video` is the number of video tokens at the front of q/k/v; tokens after it are text (HunyuanVideo), with
     `text_mask` [B, L] bool marking real (True) vs padding (False) text tokens. `dense` runs the stock attention path
-    (same backend and mask as the unaccelerated model) on [B, S, H, D] tensors."""
+    (same backend and mask as the unaccelerated model) on [B, S, H, D] tensors. Under Ulysses context parallelism
+    q/k/v hold the whole sequence for `heads` of the model's heads (a method with per-head parameters selects them)."""
 
     geometry: TokenGeometry
     num_video: int
     dense: Callable[..., torch.Tensor]
     attn_mask: torch.Tensor | None = None
     text_mask: torch.Tensor | None = None
+    heads: slice | None = None  # the model's heads q/k/v hold (a Ulysses rank's share); None: all of them
 
 
 @dataclass

@@ -11,6 +11,7 @@ import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from torch import nn
 
+from ..attention.ulysses import head_range, heads_to_sequence, sequence_to_heads
 from ..errors import TurboError
 from ..runtime import AttentionCall, TurboRuntime
 
@@ -93,11 +94,26 @@ class TurboProcessorMixin:
         self._attention_backend = getattr(original, "_attention_backend", None)
         self._parallel_config = getattr(original, "_parallel_config", None)
 
-    def _dense(self, q, k, v, *, attn_mask=None):
+    def _dense(self, q, k, v, *, attn_mask=None, local: bool = False):
+        """The stock attention path; `local`: on the tensors as they are (inside turbo's own Ulysses exchange)."""
         return dispatch_attention_fn(
             q, k, v, attn_mask=attn_mask, dropout_p=0.0, is_causal=False, backend=self._attention_backend,
-            parallel_config=self._parallel_config,
+            parallel_config=None if local else self._parallel_config,
         )
+
+    def _ulysses(self):
+        """(process group, degree, rank) of diffusers' context parallelism when it splits the sequence across ranks
+        (`enable_parallelism` sets `_parallel_config` on this processor, before or after `turbo.accelerate`); None
+        without it. Ring attention is refused: a sparse method needs every key of its rows on one rank."""
+        config = getattr(self._parallel_config, "context_parallel_config", None)
+        if config is None or config._world_size in (None, 1):
+            return None
+        if config.ring_degree > 1:
+            raise TurboError(
+                f"turbo attention runs under diffusers' Ulysses context parallelism only (ring_degree="
+                f"{config.ring_degree}); use ContextParallelConfig(ulysses_degree=N) or attention 'dense'."
+            )
+        return config._ulysses_mesh.get_group(), config.ulysses_degree, config._ulysses_local_rank
 
     def _self_attention(self, attn: nn.Module, q, k, v, attention_mask=None, num_video: int | None = None):
         """q, k, v: [B, S, H, D] (video tokens first, then text). Returns [B, S, H, D]."""
@@ -107,16 +123,33 @@ class TurboProcessorMixin:
                 "turbo attention ran outside a transformer forward (no token geometry); call the whole transformer."
             )
         num_video = q.shape[1] if num_video is None else num_video
-        if plan.capture:
-            self.runtime.record_capture(self.layer_index, q, k, v, num_video, attention_mask)
-        dense = functools.partial(self._dense, attn_mask=attention_mask)
         if plan.dense or self.dense_layer:
-            return dense(q, k, v)
+            if plan.capture:
+                self.runtime.record_capture(self.layer_index, q, k, v, num_video, attention_mask)
+            return self._dense(q, k, v, attn_mask=attention_mask)
+        ulysses = self._ulysses() if getattr(attn, METHOD_ATTR).whole_sequence else None
+        if ulysses is None:
+            if plan.capture:
+                self.runtime.record_capture(self.layer_index, q, k, v, num_video, attention_mask)
+            return self._method(attn, q, k, v, attention_mask, num_video)
+        if plan.capture or attention_mask is not None or num_video < q.shape[1]:
+            raise TurboError(
+                "turbo attention under context parallelism runs video-only self-attention without a mask (Wan); "
+                "q/k/v capture (turbo fit) and joint text-video attention run on one process."
+            )
+        group, world, rank = ulysses
+        q, k, v = (sequence_to_heads(x, group, world) for x in (q, k, v))
+        out = self._method(attn, q, k, v, None, q.shape[1], heads=head_range(rank, world, q.shape[2] * world))
+        return heads_to_sequence(out, group, world)
+
+    def _method(self, attn: nn.Module, q, k, v, attention_mask, num_video: int, heads: slice | None = None):
+        """The installed method on q/k/v [B, S, H', D] (H' = the heads in `heads`, all by default)."""
+        dense = functools.partial(self._dense, attn_mask=attention_mask, local=heads is not None)
         text_mask = None
         if attention_mask is not None and num_video < q.shape[1]:
             text_mask = attention_mask.reshape(attention_mask.shape[0], -1)[:, num_video:].bool()
-        call = AttentionCall(geometry=plan.geometry, num_video=num_video, dense=dense, attn_mask=attention_mask,
-                             text_mask=text_mask)
+        call = AttentionCall(geometry=self.runtime.plan.geometry, num_video=num_video, dense=dense,
+                             attn_mask=attention_mask, text_mask=text_mask, heads=heads)
         return getattr(attn, METHOD_ATTR)(q, k, v, call)
 
 

@@ -52,6 +52,8 @@ class AttentionMethod(nn.Module):
     name = "base"
     backend = "auto"
     kernel_capability: tuple[int, int] | None = None  # filled by the registry from the method's spec
+    # needs every token on one rank: under context parallelism the processor trades sequence for heads around it
+    whole_sequence = True
 
     def __init__(self, config: AttentionConfig | None = None, heads: int = 1, head_dim: int = 128):
         super().__init__()
@@ -110,7 +112,10 @@ class AttentionMethod(nn.Module):
 @register_method("dense", options=NoOptions, context_parallel=True,
                  summary="the model's own attention path (bit-identical)")
 class DenseAttention(AttentionMethod):
-    """The model's own attention path (bit-identical to the unaccelerated model)."""
+    """The model's own attention path (bit-identical to the unaccelerated model; under context parallelism,
+    diffusers' own ring / Ulysses attention)."""
+
+    whole_sequence = False
 
     def forward(self, q, k, v, call: AttentionCall) -> torch.Tensor:
         return call.dense(q, k, v)

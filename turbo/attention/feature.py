@@ -21,14 +21,8 @@ class AttentionFeature(Feature):
     def check(self, context, section: AttentionConfig) -> None:
         spec = method_spec(section.method)
         context.attention_path = _attention_path(section, context.capabilities)
-        if not spec.context_parallel:
-            for target in context.targets:
-                processors = getattr(target.model, "attn_processors", {})
-                if any(getattr(p, "_parallel_config", None) is not None for p in processors.values()):
-                    raise TurboConfigError(
-                        f"attention '{section.method}' does not support diffusers context parallelism yet; "
-                        "accelerate before enable_parallelism with method='dense', or run on one GPU."
-                    )
+        for target in context.targets:
+            _check_context_parallel(target, section.method, spec.context_parallel)
         context.attention_parts = {target.component: parts.find_parts(target.model, section.method)
                                    for target in context.targets}
         untuned = [t.component for t in context.targets if context.attention_parts[t.component] is None]
@@ -111,3 +105,23 @@ def _attention_path(config: AttentionConfig, capabilities) -> str:
             "the PyTorch reference instead."
         )
     return state
+
+
+def _check_context_parallel(target, method: str, supported: bool) -> None:
+    """Under diffusers context parallelism (`enable_parallelism` before `accelerate`) turbo's methods run with
+    Ulysses on Wan's video self-attention (`turbo.attention.ulysses`); ring attention and HunyuanVideo's joint
+    text-video attention are refused. (After `accelerate`, the processor refuses them at the first call.)"""
+    parallel = getattr(target.model, "_parallel_config", None)
+    config = getattr(parallel, "context_parallel_config", None)
+    if config is None or method == "dense":
+        return
+    if not supported:
+        raise TurboConfigError(f"attention '{method}' does not support diffusers context parallelism; use "
+                               "method 'dense' or run on one GPU.")
+    if config.ring_degree > 1:
+        raise TurboConfigError(f"attention '{method}' runs under Ulysses context parallelism only (ring_degree="
+                               f"{config.ring_degree}); use ContextParallelConfig(ulysses_degree=N).")
+    if target.adapter.family != "wan":
+        raise TurboConfigError(f"attention '{method}' under context parallelism is built for Wan's video-only "
+                               f"self-attention, not {target.adapter.family}'s joint text-video attention; use "
+                               "method 'dense' or run on one GPU.")

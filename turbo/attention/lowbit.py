@@ -11,7 +11,7 @@ from . import reference
 from .base import AttentionMethod, BlockOptions
 
 
-@register_method("lowbit", options=BlockOptions, kernel=(8, 9),
+@register_method("lowbit", context_parallel=True, options=BlockOptions, kernel=(8, 9),
                  summary="dense attention with INT8 Q·Kᵀ and FP8 P·V numerics")
 class LowBitAttention(AttentionMethod):
     """Dense attention with INT8 QK and FP8 PV numerics; text tokens (HunyuanVideo) take part like any other

@@ -38,7 +38,7 @@ class SLAOptions(BlockOptions):
             )
 
 
-@register_method("sla", options=SLAOptions, kernel=(8, 0), needs_finetuned=True,
+@register_method("sla", options=SLAOptions, kernel=(8, 0), needs_finetuned=True, context_parallel=True,
                  summary="SLA: block-sparse softmax on the top-keep key blocks + linear attention over the rest")
 class SLAAttention(AttentionMethod):
     """SLA per ALGORITHMS.md §1. `proj` (d×d, fp32 master weights) is zero-initialised, so an untrained SLA is pure

@@ -27,7 +27,7 @@ class SLA2Options(BlockOptions):
     quantized: bool = option(False, "low-bit (INT8 QK, FP8 PV) sparse branch with QAT")
 
 
-@register_method("sla2", options=SLA2Options, kernel=(8, 0), needs_finetuned=True,
+@register_method("sla2", options=SLA2Options, kernel=(8, 0), needs_finetuned=True, context_parallel=True,
                  summary="SLA2: learnable router and alpha-mix of sparse and linear attention")
 class SLA2Attention(AttentionMethod):
     """SLA2 per ALGORITHMS.md §2: out = α·O^s + (1−α)·O^l_c.
@@ -71,6 +71,8 @@ class SLA2Attention(AttentionMethod):
 
     def video_attention(self, q, k, v, call: AttentionCall, tail_k=None, tail_v=None, tail_mask=None):
         alpha = self.alpha(reference.num_blocks(q.shape[1], self.block_q))
+        if call.heads is not None:
+            alpha = alpha[call.heads]
         if self.use_kernel(q, tail_k):
             from .kernels import ops
             from .kernels.router import topk_lut

@@ -22,7 +22,7 @@ class SVGOptions(BlockOptions):
     profile_rows: int = option(64, "query rows sampled to classify heads", range=(1, 100000))
 
 
-@register_method("svg", options=SVGOptions, kernel=(8, 0),
+@register_method("svg", context_parallel=True, options=SVGOptions, kernel=(8, 0),
                  summary="Sparse VideoGen: spatial/temporal heads, temporal heads permuted token-major, band mask")
 class SVGAttention(AttentionMethod):
     """SVG per ALGORITHMS.md §4. The first frame's worth of tokens (in each head's own order) is a sink every query

@@ -23,7 +23,7 @@ class SVG2Options:
     kmeans_iters: int = option(2, "Lloyd iterations per step (warm-started per CFG branch)", range=(1, 1000))
 
 
-@register_method("svg2", options=SVG2Options,
+@register_method("svg2", context_parallel=True, options=SVG2Options,
                  summary="SVG2: per-head k-means of Q and K, query clusters attend the top-p key clusters")
 class SVG2Attention(AttentionMethod):
     """SVG2 per ALGORITHMS.md §4: each call clusters Q and K per head (k-means warm-started from this layer's previous
