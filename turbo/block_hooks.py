@@ -12,6 +12,7 @@ from diffusers.hooks.hooks import HookRegistry, ModelHook
 from diffusers.utils.torch_utils import unwrap_module
 from torch import nn
 
+_CONTEXT_PARALLEL_HOOKS = ("cp_input---", "cp_output---")  # diffusers.hooks.context_parallel's hook names
 Installed = list[tuple[nn.Module, bool, bool]]  # (block, it had a hook registry, it had an instance `forward`)
 
 
@@ -24,9 +25,30 @@ def install_block_hooks(model: nn.Module, blocks: list[nn.Module], make_hook: Ca
             had_registry, had_forward = hasattr(block, "_diffusers_hook"), "forward" in vars(block)
             registry = HookRegistry.check_if_exists_or_initialize(block)
             installed.append((block, had_registry, had_forward))
-            registry.register_hook(make_hook(index), name)
+            _register_inside_context_parallel(registry, make_hook(index), name)
     finally:
         HookRegistry.check_if_exists_or_initialize(model).invalidate_child_registries_cache()
+
+
+def _register_inside_context_parallel(registry: HookRegistry, hook: ModelHook, name: str) -> None:
+    """Register `hook` inside diffusers' context-parallel hooks of this block (``cp_input---…``, e.g. Wan's sequence
+    split at ``blocks.0``; the hook registered last runs first), so turbo's block hooks see each rank's shard of
+    the sequence as the blocks do when `enable_parallelism` came before `turbo.accelerate`. The hooks from the first
+    context-parallel one on are taken off from the last (the only removal that rewires a chain of `new_forward`
+    hooks correctly) and put back in their order, the context-parallel ones last."""
+    order = registry._hook_order
+    first = next((i for i, n in enumerate(order) if n.startswith(_CONTEXT_PARALLEL_HOOKS)), None)
+    if first is None:
+        registry.register_hook(hook, name)
+        return
+    moved = [(n, registry.hooks[n]) for n in order[first:]]
+    for n, _ in reversed(moved):
+        registry.remove_hook(n, recurse=False)
+    for n, h in [m for m in moved if not m[0].startswith(_CONTEXT_PARALLEL_HOOKS)]:
+        registry.register_hook(h, n)
+    registry.register_hook(hook, name)
+    for n, h in [m for m in moved if m[0].startswith(_CONTEXT_PARALLEL_HOOKS)]:
+        registry.register_hook(h, n)
 
 
 def remove_block_hooks(model: nn.Module, name: str, installed: Installed) -> None:

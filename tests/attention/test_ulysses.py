@@ -1,7 +1,8 @@
 """Turbo's attention methods under diffusers' Ulysses context parallelism: two `torchrun` processes on the CPU (gloo)
 give what one process gives, for every method, with `enable_parallelism` before or after `turbo.accelerate`; the
 exchange trades sequence for heads (each rank the whole sequence, half the heads); ring attention, joint text-video
-attention and a method without context-parallel support are refused in one sentence."""
+attention and a method without context-parallel support are refused in one sentence; a ToyWorld generation with
+SVG and the Temporal Delta Cache skips what one process skips."""
 
 from __future__ import annotations
 
@@ -37,6 +38,13 @@ def test_every_method_under_ulysses_gives_the_one_process_output():
             assert exchanges == "6" and shapes == "[(1, 192, 2, 16)]", (method, order, exchanges, shapes)
     refused = re.findall(r"^refused ring: (.*)$", proc.stdout, re.M)
     assert len(refused) == 2 and all("Ulysses" in r and "ring_degree=2" in r for r in refused), proc.stdout
+    # a whole ToyWorld generation: SVG + the Temporal Delta Cache decide and skip as in one process (the cache sees
+    # each rank's shard and all-reduces its sums), and the frames agree
+    toyworld = re.findall(r"^toyworld (\S+) (\S+) (\d+) (\d+) (\d+) (\d+)$", proc.stdout, re.M)
+    assert len(toyworld) == 2, proc.stdout
+    for before, after, one, skipped_before, skipped_after, total in toyworld:
+        assert 0 < int(one) < int(total) and one == skipped_before == skipped_after, toyworld
+        assert float(before) <= 2e-3 and float(after) <= 2e-3, toyworld
 
 
 def _tiny_wan():

@@ -2,7 +2,8 @@
 (`enable_parallelism(config=ContextParallelConfig(ulysses_degree=2))`) with each turbo attention method, enabled
 after `turbo.accelerate` and before it, against the same model and method in one process. Prints one line per
 case: ``case <method> <order> <max abs difference> <max abs output> <exchanges> <their shapes>``,
-then ``refused ring: <message>`` for a sparse method under ring attention.
+then ``refused ring: <message>`` for a sparse method under ring attention, then a ToyWorld generation's line
+(`toyworld_generations`).
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/attention/ulysses_cpu_launch.py
 """
@@ -14,6 +15,7 @@ import sys
 
 import torch
 import torch.distributed as dist
+from diffusers import ContextParallelConfig
 
 METHODS = {
     "dense": {},
@@ -47,9 +49,34 @@ def accelerate(model, method: str):
     return model
 
 
-def main() -> int:
-    from diffusers import ContextParallelConfig
+def toyworld_generations() -> list[str]:
+    """The trained ToyWorld Wan pipeline with SVG attention and the Temporal Delta Cache (16 steps, CFG), in one
+    process and under Ulysses enabled before and after `turbo.accelerate`: ``toyworld <max abs frame difference
+    before> <after> <skips: one process> <before> <after> <block evaluations>``."""
+    import turbo
+    from pipelines import registry
+    from turbo.cache import cache_stats
 
+    preset = registry.get_model("toyworld-wan-t2v")
+    kwargs = registry.call_kwargs(preset, prompt="a blue square moving right on a white background", steps=16)
+    frames, skips, total = [], [], 0
+    for order in ("one process", "before", "after"):
+        pipe = registry.load_pipeline(preset, "cpu", torch.float32)
+        pipe.set_progress_bar_config(disable=True)
+        if order == "before":
+            pipe.transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=2))
+        turbo.accelerate(pipe, attention="svg", cache="tdc", density=0.3, block_q=32, block_k=16)
+        if order == "after":
+            pipe.transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=2))
+        frames.append(pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames[0])
+        counts = [c for branches in cache_stats(pipe).values() for c in branches.values()]
+        skips.append(sum(c["skipped"] for c in counts))
+        total = sum(c["skipped"] + c["computed"] for c in counts)
+    differences = " ".join(f"{float(abs(f - frames[0]).max()):.3e}" for f in frames[1:])
+    return [f"toyworld {differences} {' '.join(map(str, skips))} {total}"]
+
+
+def main() -> int:
     dist.init_process_group("gloo")
     torch.accelerator.device_count = lambda: 1  # diffusers divides the rank by it; this CPU build has no accelerator
     gen = torch.Generator().manual_seed(1)
@@ -84,6 +111,7 @@ def main() -> int:
             ring(**inputs)
     except TurboError as error:
         lines.append(f"refused ring: {error}")
+    lines += toyworld_generations()
     everyone = [None, None]
     dist.all_gather_object(everyone, lines)  # printed by one process: two writing one pipe interleave
     if dist.get_rank() == 0:
