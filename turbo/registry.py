@@ -40,8 +40,9 @@ class MethodSpec:
 
     `factory(config: AttentionConfig, heads, head_dim)` builds the per-layer module; `options` is the frozen dataclass
     of its options (fields made with `turbo.config.option`); `kernel` the minimum CUDA compute capability of its
-    Triton kernel (None: PyTorch reference only); `context_parallel` whether it works under diffusers context
-    parallelism; `needs_finetuned` whether it needs turbo-fine-tuned weights for good quality."""
+    Triton kernel (None: PyTorch reference only); `context_parallel` whether it works under diffusers' Ulysses
+    context parallelism (per head, given the whole sequence: turbo's processor makes the exchange);
+    `needs_finetuned` whether it needs turbo-fine-tuned weights for good quality."""
 
     name: str
     factory: Callable[..., Any]
