@@ -28,6 +28,7 @@ __all__ = [
     "HUNYUAN_CALL_KWARGS",
     "META_TRANSFORMER_NAMES",
     "build_default",
+    "build_hunyuan15_t2v",
     "build_hunyuan_t2v",
     "build_wan22_t2v",
     "build_wan_i2v",
@@ -416,6 +417,62 @@ def build_hunyuan_t2v(*, num_layers=1, num_single_layers=1, num_heads=2, head_di
         vae=vae,
         scheduler=_flow_scheduler(7.0),
         transformer=transformer,
+    )
+
+
+def _qwen_chat_tokenizer():
+    """Character-level Qwen2 BPE tokenizer (no merges) with ChatML's markers, pad token and chat template (what the
+    HunyuanVideo 1.5 pipeline's `apply_chat_template` call needs)."""
+    from transformers import Qwen2Tokenizer
+
+    vocab = {"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2, "\n": 3, " ": 4}
+    for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?;:'\"()-_/":
+        vocab.setdefault(c, len(vocab))
+    tok = Qwen2Tokenizer(vocab=vocab, merges=[])
+    tok.pad_token = "<|endoftext|>"
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                         "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    return tok
+
+
+def build_hunyuan15_t2v(*, num_layers=2, num_heads=2, head_dim=16, seed=0):
+    """Tiny ``HunyuanVideo15Pipeline`` (text-to-video): 3-layer Qwen2.5-VL text model (width 32) + ByT5 (T5 encoder,
+    width 24), a 16× spatial / 4× temporal VAE with 4 latent channels, patch size 1, CFG through the pipeline's
+    ``ClassifierFreeGuidance`` guider (scale 6: two transformer calls per step, cache contexts "pred_cond" and
+    "pred_uncond"). The text part of the joint attention is 729 image (zeros for T2V, masked) + 256 ByT5 + 1000 MLLM
+    tokens, mostly padding."""
+    from diffusers import (
+        AutoencoderKLHunyuanVideo15,
+        HunyuanVideo15Pipeline,
+        HunyuanVideo15Transformer3DModel,
+    )
+    from diffusers.guiders import ClassifierFreeGuidance
+    from transformers import ByT5Tokenizer, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel, T5Config, T5EncoderModel
+
+    mllm_dim, byt5_dim, latent_channels = 32, 24, 4
+    tokenizer = _qwen_chat_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(
+        vocab_size=_round_up(len(tokenizer)), hidden_size=mllm_dim, intermediate_size=37, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, bos_token_id=None,
+        eos_token_id=2, pad_token_id=0, rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]})).eval()
+    torch.manual_seed(seed + 1)
+    text_encoder_2 = T5EncoderModel(T5Config(vocab_size=384, d_model=byt5_dim, d_kv=8, d_ff=37, num_layers=1,
+                                             num_heads=3)).eval()
+    torch.manual_seed(seed + 2)
+    vae = AutoencoderKLHunyuanVideo15(latent_channels=latent_channels, block_out_channels=(8, 8, 8, 8, 8),
+                                      layers_per_block=1).eval()
+    torch.manual_seed(seed + 3)
+    transformer = HunyuanVideo15Transformer3DModel(
+        in_channels=2 * latent_channels + 1, out_channels=latent_channels, num_attention_heads=num_heads,
+        attention_head_dim=head_dim, num_layers=num_layers, num_refiner_layers=1, mlp_ratio=2.0,
+        text_embed_dim=mllm_dim, text_embed_2_dim=byt5_dim, image_embed_dim=24,
+        rope_axes_dim=hunyuan_rope_axes(head_dim), task_type="t2v",
+    ).eval()
+    return HunyuanVideo15Pipeline(
+        text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae,
+        scheduler=_flow_scheduler(5.0), text_encoder_2=text_encoder_2, tokenizer_2=ByT5Tokenizer(),
+        guider=ClassifierFreeGuidance(guidance_scale=6.0),
     )
 
 

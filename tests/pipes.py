@@ -14,6 +14,7 @@ BUILDERS = {
     "wan-i2v": tiny.build_wan_i2v,
     "wan22-t2v": tiny.build_wan22_t2v,
     "hunyuan-t2v": tiny.build_hunyuan_t2v,
+    "hunyuan15-t2v": tiny.build_hunyuan15_t2v,
 }
 
 

@@ -21,7 +21,9 @@ STEPS = 8
 # HunyuanVideo: the tiny pipeline's frames are all NaN with negative_prompt "" (true CFG), hence "blurry"
 CFG = {"wan-t2v": {"guidance_scale": 5.0},
        "wan22-t2v": {"guidance_scale": 5.0},
-       "hunyuan-t2v": {"true_cfg_scale": 5.0, "negative_prompt": "blurry", "guidance_scale": 1.0}}
+       "hunyuan-t2v": {"true_cfg_scale": 5.0, "negative_prompt": "blurry", "guidance_scale": 1.0},
+       "hunyuan15-t2v": {}}  # CFG through the pipeline's guider (scale 6), cache contexts pred_cond / pred_uncond
+BRANCHES = {"hunyuan15-t2v": ("pred_cond", "pred_uncond")}
 PERMISSIVE = {"cache": "tdc", "cache_threshold": 10.0, "cache_max_error": 100.0, "cache_warmup_steps": 2,
               "cache_final_steps": 1}
 
@@ -87,7 +89,7 @@ def test_options_in_schema_and_validated():
         turbo.TurboConfig().replace(cache="tdc", cache_max_skips=0)
 
 
-@pytest.mark.parametrize("kind", ["wan-t2v", "hunyuan-t2v"])
+@pytest.mark.parametrize("kind", ["wan-t2v", "hunyuan-t2v", "hunyuan15-t2v"])
 def test_threshold_zero_is_bit_identical(pipes, uncached, kind):
     pipe = _pipe(pipes, kind)
     turbo.accelerate(pipe, cache="tdc", cache_threshold=0.0, cache_warmup_steps=0, cache_final_steps=0)
@@ -101,7 +103,7 @@ def test_threshold_zero_is_bit_identical(pipes, uncached, kind):
     np.testing.assert_array_equal(out, uncached(kind))
 
 
-@pytest.mark.parametrize("kind", ["wan-t2v", "hunyuan-t2v"])
+@pytest.mark.parametrize("kind", ["wan-t2v", "hunyuan-t2v", "hunyuan15-t2v"])
 def test_permissive_threshold_skips_and_stays_close(pipes, uncached, kind):
     pipe = _pipe(pipes, kind)
     turbo.accelerate(pipe, **PERMISSIVE)
@@ -111,7 +113,7 @@ def test_permissive_threshold_skips_and_stays_close(pipes, uncached, kind):
         assert "tdc" in str(pipe.turbo)
     finally:
         turbo.restore(pipe)
-    assert set(stats["transformer"]) == {"cond", "uncond"}
+    assert set(stats["transformer"]) == set(BRANCHES.get(kind, ("cond", "uncond")))
     for counts in stats["transformer"].values():
         assert counts["skipped"] > 0 and counts["computed"] > 0
     assert _relative_error(out, uncached(kind)) < 0.05
@@ -192,7 +194,7 @@ def test_state_is_separate_per_branch(pipes, aligned):
         torch.testing.assert_close(output, cond_outputs[0], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["wan-t2v", "hunyuan-t2v", "wan22-t2v"])
+@pytest.mark.parametrize("kind", ["wan-t2v", "hunyuan-t2v", "wan22-t2v", "hunyuan15-t2v"])
 def test_restore_is_exact(pipes, kind):
     pipe = _pipe(pipes, kind)
     before = snapshot(pipe)
@@ -294,7 +296,8 @@ def test_make_spans():
     assert make_spans(3, 10) == [(0, 2)]
 
 
-@pytest.mark.parametrize("kind, span", [("wan-t2v", 0), ("wan-t2v", 1), ("hunyuan-t2v", 0), ("hunyuan-t2v", 2)])
+@pytest.mark.parametrize("kind, span", [("wan-t2v", 0), ("wan-t2v", 1), ("hunyuan-t2v", 0), ("hunyuan-t2v", 2),
+                                        ("hunyuan15-t2v", 0)])
 def test_spans_skip_whole_and_aligned(pipes, uncached, kind, span):
     """A skipped span skips all of its blocks at that step; aligned decisions skip the same (step, block)s in both
     CFG branches; the video stays close to the uncached one."""
@@ -307,9 +310,10 @@ def test_spans_skip_whole_and_aligned(pipes, uncached, kind, span):
         spans = cache.spans
     finally:
         turbo.restore(pipe)
-    assert skipped_at["cond"] and skipped_at["cond"] == skipped_at["uncond"]
-    for step in {s for s, _ in skipped_at["cond"]}:
-        blocks = {b for s, b in skipped_at["cond"] if s == step}
+    cond, uncond = BRANCHES.get(kind, ("cond", "uncond"))
+    assert skipped_at[cond] and skipped_at[cond] == skipped_at[uncond]
+    for step in {s for s, _ in skipped_at[cond]}:
+        blocks = {b for s, b in skipped_at[cond] if s == step}
         assert all(set(range(a, b + 1)) <= blocks or not set(range(a, b + 1)) & blocks for a, b in spans)
     if span == 0:
         assert len(spans) == 1

@@ -23,7 +23,8 @@ METHODS = {
     "lowbit": {"block_q": 16, "block_k": 16},
 }
 CFG = {"wan-t2v": {"guidance_scale": 5.0},
-       "hunyuan-t2v": {"true_cfg_scale": 5.0, "negative_prompt": "", "guidance_scale": 1.0}}
+       "hunyuan-t2v": {"true_cfg_scale": 5.0, "negative_prompt": "", "guidance_scale": 1.0},
+       "hunyuan15-t2v": {}}  # CFG through the pipeline's guider
 
 
 @pytest.fixture(scope="module")
@@ -89,11 +90,15 @@ def test_whole_generation_compiles_once_plus_warmup(pipes, stock_graphs, eager_r
         turbo.restore(pipe)
     graphs, breaks = _compiled_counts()
     stock, stock_breaks = stock_graphs[kind, mode]
-    attention_block_types = 1 if kind == "wan-t2v" else 2  # Hunyuan: dual- and single-stream blocks
+    attention_block_types = 2 if kind == "hunyuan-t2v" else 1  # HunyuanVideo: dual- and single-stream blocks
     # one extra graph per compiled block type for the dense warm-up steps, nothing per step, branch or layer
     assert graphs <= stock + (1 if mode == "full" else attention_block_types), (graphs, stock)
-    # the only graph break is turbo's step hook in front of the whole model (outside every block)
-    assert breaks == stock_breaks + (1 if mode == "full" else 0), dict(counters["graph_break"])
+    # HunyuanVideo 1.5's own forward branches on `torch.all(image_embeds == 0)` outside the blocks: counted as a
+    # break under turbo's whole-model compile, not under the stock one (same graph count; regional sees no break)
+    own = sum(v for k, v in counters["graph_break"].items() if k.startswith("Data-dependent branching")) \
+        if kind == "hunyuan15-t2v" and mode == "full" else 0
+    # the only other graph break is turbo's step hook in front of the whole model (outside every block)
+    assert breaks - own == stock_breaks + (1 if mode == "full" else 0), dict(counters["graph_break"])
     eager, eager_calls = eager_runs[kind, method]
     np.testing.assert_allclose(frames, eager, atol=1e-5, rtol=0)
     assert calls == eager_calls and calls.get("dense warm-up") and (method == "dense" or calls.get(method))

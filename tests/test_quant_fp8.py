@@ -62,7 +62,7 @@ def test_fp8_linear_module_keeps_dtype_and_shapes():
     assert "simulated" in repr(module)
 
 
-@pytest.mark.parametrize("kind", ["wan-t2v", "hunyuan-t2v"])
+@pytest.mark.parametrize("kind", ["wan-t2v", "hunyuan-t2v", "hunyuan15-t2v"])
 def test_accelerate_quantises_block_linears_only_and_restore_is_exact(kind):
     pipe = build(kind)
     before = snapshot(pipe)
@@ -78,7 +78,8 @@ def test_accelerate_quantises_block_linears_only_and_restore_is_exact(kind):
         assert (ffn_down.in_features >= 4 * ffn_down.out_features) == ("blocks.0.ffn.net.2" not in swapped)
     assert not any("norm" in n for n in swapped)
     assert not any(n.startswith(("condition_embedder", "proj_out", "patch_embedding", "x_embedder",
-                                 "time_text_embed", "context_embedder")) for n in swapped)
+                                 "time_text_embed", "context_embedder", "image_embedder", "time_embed"))
+                   for n in swapped)
     assert "fp8" in str(pipe.turbo) and any("simulated" in w for w in pipe.turbo.warnings)
     assert_quantised_then_restored(pipe, kind, before, reference)
 

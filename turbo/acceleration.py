@@ -62,7 +62,8 @@ def default_config(pipe=None) -> TurboConfig:
     2026-11-30). Keyword options (`accelerate(pipe, attention="svg")`) start from the stock config instead.
 
     That is the Temporal Delta Cache (`cache="tdc"`, turbo/cache/tdc.py) for a pipeline with one transformer whose
-    blocks diffusers' hook registry knows (Wan T2V/I2V, HunyuanVideo): on ToyWorld, 200 prompts, 50 steps + CFG on an
+    blocks diffusers' hook registry knows (Wan T2V/I2V, HunyuanVideo; HunyuanVideo 1.5, whose block metadata turbo
+    registers, untested on trained weights): on ToyWorld, 200 prompts, 50 steps + CFG on an
     H200, it skipped 58 % of the block evaluations, ran the whole call 1.43× faster, kept 44.4 dB same-seed PSNR and
     every judged attribute within 0.5 point; on the Wan2.1-1.3B architecture with random weights it skipped nothing
     and cost nothing measurable (+0.5 GiB). It never skips in the first 5 or the last 2 steps, so a few-step (e.g.

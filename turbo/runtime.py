@@ -66,6 +66,7 @@ class AttentionCall:
     dense: Callable[..., torch.Tensor]
     attn_mask: torch.Tensor | None = None
     text_mask: torch.Tensor | None = None
+    key_mask: torch.Tensor | None = None  # [B, S] which keys may be attended (True / nonzero), from `attn_mask`
     heads: slice | None = None  # the model's heads q/k/v hold (a Ulysses rank's share); None: all of them
 
 

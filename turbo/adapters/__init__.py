@@ -7,11 +7,13 @@ from torch import nn
 from ..errors import UnsupportedModelError
 from .base import METHOD_ATTR, ModelAdapter, SelfAttentionSite
 from .hunyuan import HunyuanVideoAdapter
+from .hunyuan15 import HunyuanVideo15Adapter
 from .wan import WanAdapter
 
-ADAPTERS: tuple[ModelAdapter, ...] = (WanAdapter(), HunyuanVideoAdapter())
+ADAPTERS: tuple[ModelAdapter, ...] = (WanAdapter(), HunyuanVideoAdapter(), HunyuanVideo15Adapter())
 SUPPORTED_PIPELINES = (
     "WanPipeline", "WanImageToVideoPipeline", "Wan2.2 pipelines with transformer_2", "HunyuanVideoPipeline",
+    "HunyuanVideo15Pipeline", "HunyuanVideo15ImageToVideoPipeline",
 )
 TRANSFORMER_COMPONENTS = ("transformer", "transformer_2")
 

@@ -95,7 +95,11 @@ class TurboProcessorMixin:
         self._parallel_config = getattr(original, "_parallel_config", None)
 
     def _dense(self, q, k, v, *, attn_mask=None, local: bool = False):
-        """The stock attention path; `local`: on the tensors as they are (inside turbo's own Ulysses exchange)."""
+        """The stock attention path; `local`: on the tensors as they are (inside turbo's own Ulysses exchange). A
+        per-query mask [B, 1, S, S] given for the last rows of q only (the text rows of a joint sequence) is cut to
+        those rows."""
+        if attn_mask is not None and attn_mask.dim() == 4 and attn_mask.shape[-2] not in (1, q.shape[1]):
+            attn_mask = attn_mask[:, :, -q.shape[1]:]
         return dispatch_attention_fn(
             q, k, v, attn_mask=attn_mask, dropout_p=0.0, is_causal=False, backend=self._attention_backend,
             parallel_config=None if local else self._parallel_config,
@@ -145,11 +149,16 @@ class TurboProcessorMixin:
     def _method(self, attn: nn.Module, q, k, v, attention_mask, num_video: int, heads: slice | None = None):
         """The installed method on q/k/v [B, S, H', D] (H' = the heads in `heads`, all by default)."""
         dense = functools.partial(self._dense, attn_mask=attention_mask, local=heads is not None)
-        text_mask = None
-        if attention_mask is not None and num_video < q.shape[1]:
-            text_mask = attention_mask.reshape(attention_mask.shape[0], -1)[:, num_video:].bool()
+        key_mask = text_mask = None
+        if attention_mask is not None:
+            keys = attention_mask
+            if keys.dim() == 4 and keys.shape[-2] == q.shape[1]:  # per query [B, 1, S, S]: a video row's keys
+                keys = keys[:, 0, 0]
+            key_mask = keys.reshape(keys.shape[0], -1)
+            if num_video < q.shape[1]:
+                text_mask = key_mask[:, num_video:].bool()
         call = AttentionCall(geometry=self.runtime.plan.geometry, num_video=num_video, dense=dense,
-                             attn_mask=attention_mask, text_mask=text_mask, heads=heads)
+                             attn_mask=attention_mask, text_mask=text_mask, key_mask=key_mask, heads=heads)
         return getattr(attn, METHOD_ATTR)(q, k, v, call)
 
 

@@ -15,7 +15,7 @@ from .base import AttentionMethod, BlockOptions
                  summary="dense attention with INT8 Q·Kᵀ and FP8 P·V numerics")
 class LowBitAttention(AttentionMethod):
     """Dense attention with INT8 QK and FP8 PV numerics; text tokens (HunyuanVideo) take part like any other
-    token, with the stock key-padding mask."""
+    token, with the stock key-padding mask (padding text rows attend the valid keys; nothing attends them)."""
 
     def __init__(self, config: AttentionConfig, heads: int, head_dim: int):
         super().__init__(config, heads, head_dim)
@@ -27,9 +27,7 @@ class LowBitAttention(AttentionMethod):
         return self.kernel_ready(q) and not torch.is_grad_enabled()
 
     def forward(self, q, k, v, call: AttentionCall):
-        mask = call.attn_mask
-        if mask is not None:
-            mask = mask.reshape(mask.shape[0], -1)
+        mask = call.key_mask
         if self.use_kernel(q):
             from .kernels.lowbit_forward import lowbit_attention
 

@@ -1,0 +1,109 @@
+"""HunyuanVideo 1.5 (`HunyuanVideo15Transformer3DModel`, diffusers' `HunyuanVideo15Pipeline` and
+`HunyuanVideo15ImageToVideoPipeline`): self-attention is the joint [video; text] `attn` of the dual-stream
+`transformer_blocks` (there are no single-stream blocks); the token refiner inside `context_embedder` keeps its own
+processors.
+
+The text part is [image, ByT5, MLLM] tokens, valid ones first, with a key mask the stock processor turns into a
+[B, 1, S, S] mask (padding tokens neither attend nor are attended); turbo's processor builds the same mask, so the
+dense path is the stock one, and methods get the video rows with the valid text keys as their tail.
+
+diffusers registers no block metadata for this model (its own caches do not support it); this module registers it
+(hidden states and the text stream are the block's outputs 0 and 1), so block hooks — turbo's Temporal Delta Cache,
+and diffusers' FirstBlockCache / MagCache — can wrap its blocks."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
+from diffusers.models.embeddings import apply_rotary_emb
+from diffusers.models.transformers.transformer_hunyuan_video15 import (
+    HunyuanVideo15AttnProcessor2_0,
+    HunyuanVideo15TransformerBlock,
+)
+
+from .base import ModelAdapter, SelfAttentionSite, TurboProcessorMixin, find_module_list
+from .hunyuan import _heads
+
+
+def _register_block_metadata() -> None:
+    try:
+        TransformerBlockRegistry.get(HunyuanVideo15TransformerBlock)
+    except ValueError:
+        TransformerBlockRegistry.register(
+            HunyuanVideo15TransformerBlock,
+            TransformerBlockMetadata(return_hidden_states_index=0, return_encoder_hidden_states_index=1),
+        )
+
+
+_register_block_metadata()
+
+
+def joint_attention_mask(text_mask: torch.Tensor, length: int) -> torch.Tensor:
+    """The stock processor's mask: `text_mask` [B, L] (True = real token) padded with True for the video tokens in
+    front to [B, S] (S = `length`), then bool [B, 1, S, S] = valid query row & valid key column."""
+    keys = F.pad(text_mask, (length - text_mask.shape[1], 0), value=True).bool()
+    rows = keys.view(keys.shape[0], 1, 1, length).repeat(1, 1, length, 1)
+    return rows & rows.transpose(2, 3)
+
+
+class TurboHunyuanVideo15AttnProcessor(TurboProcessorMixin, HunyuanVideo15AttnProcessor2_0):
+    """Joint video+text attention exactly as stock (per-head QK-norm, RoPE on the video tokens), then turbo's method
+    over [video; text] with video tokens first. Parameters are declared explicitly: diffusers' `Attention.forward`
+    drops keyword arguments a processor does not name."""
+
+    def __init__(self, runtime, layer_index: int, original):
+        super().__init__()
+        self._init_turbo(runtime, layer_index, original)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        query = attn.norm_q(_heads(attn.to_q(hidden_states), attn.heads))
+        key = attn.norm_k(_heads(attn.to_k(hidden_states), attn.heads))
+        value = _heads(attn.to_v(hidden_states), attn.heads)
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+        num_video = query.shape[1]
+        if encoder_hidden_states is not None:
+            encoder_query = _heads(attn.add_q_proj(encoder_hidden_states), attn.heads)
+            encoder_key = _heads(attn.add_k_proj(encoder_hidden_states), attn.heads)
+            encoder_value = _heads(attn.add_v_proj(encoder_hidden_states), attn.heads)
+            if attn.norm_added_q is not None:
+                encoder_query = attn.norm_added_q(encoder_query)
+            if attn.norm_added_k is not None:
+                encoder_key = attn.norm_added_k(encoder_key)
+            query = torch.cat([query, encoder_query], dim=1)
+            key = torch.cat([key, encoder_key], dim=1)
+            value = torch.cat([value, encoder_value], dim=1)
+        mask = joint_attention_mask(attention_mask, query.shape[1])
+        hidden_states = self._self_attention(attn, query, key, value, mask, num_video=num_video)
+        hidden_states = hidden_states.flatten(2, 3).to(query.dtype)
+
+        if encoder_hidden_states is not None:
+            hidden_states, encoder_hidden_states = hidden_states[:, :num_video], hidden_states[:, num_video:]
+            if getattr(attn, "to_out", None) is not None:
+                hidden_states = attn.to_out[0](hidden_states)
+                hidden_states = attn.to_out[1](hidden_states)
+            if getattr(attn, "to_add_out", None) is not None:
+                encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+        return hidden_states, encoder_hidden_states
+
+
+class HunyuanVideo15Adapter(ModelAdapter):
+    family = "hunyuanvideo15"
+    class_names = ("HunyuanVideo15Transformer3DModel",)
+
+    def denoising_blocks(self, model):
+        """The dual-stream blocks (not the patch embedding or the token refiner, which are also repeated blocks for
+        compilation)."""
+        return list(find_module_list(model, "transformer_blocks"))
+
+    def self_attention_sites(self, model):
+        blocks = find_module_list(model, "transformer_blocks")
+        return [SelfAttentionSite(f"transformer_blocks.{i}.attn", b.attn, i) for i, b in enumerate(blocks)]
+
+    def patch_size(self, model):
+        return (model.config.patch_size_t, model.config.patch_size, model.config.patch_size)
+
+    def make_processor(self, site, runtime, original):
+        return TurboHunyuanVideo15AttnProcessor(runtime, site.layer_index, original)
