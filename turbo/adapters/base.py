@@ -94,12 +94,16 @@ class TurboProcessorMixin:
         self._attention_backend = getattr(original, "_attention_backend", None)
         self._parallel_config = getattr(original, "_parallel_config", None)
 
+    def _dense_mask(self, attn_mask: torch.Tensor, rows: int) -> torch.Tensor:
+        """The mask the stock processor gives the last `rows` query rows of the sequence: `attn_mask` itself here; a
+        family whose stock mask differs per query row overrides it."""
+        return attn_mask
+
     def _dense(self, q, k, v, *, attn_mask=None, local: bool = False):
-        """The stock attention path; `local`: on the tensors as they are (inside turbo's own Ulysses exchange). A
-        per-query mask [B, 1, S, S] given for the last rows of q only (the text rows of a joint sequence) is cut to
-        those rows."""
-        if attn_mask is not None and attn_mask.dim() == 4 and attn_mask.shape[-2] not in (1, q.shape[1]):
-            attn_mask = attn_mask[:, :, -q.shape[1]:]
+        """The stock attention path (q: the last q.shape[1] rows of the sequence); `local`: on the tensors as they
+        are (inside turbo's own Ulysses exchange)."""
+        if attn_mask is not None:
+            attn_mask = self._dense_mask(attn_mask, q.shape[1])
         return dispatch_attention_fn(
             q, k, v, attn_mask=attn_mask, dropout_p=0.0, is_causal=False, backend=self._attention_backend,
             parallel_config=None if local else self._parallel_config,
@@ -151,10 +155,7 @@ class TurboProcessorMixin:
         dense = functools.partial(self._dense, attn_mask=attention_mask, local=heads is not None)
         key_mask = text_mask = None
         if attention_mask is not None:
-            keys = attention_mask
-            if keys.dim() == 4 and keys.shape[-2] == q.shape[1]:  # per query [B, 1, S, S]: a video row's keys
-                keys = keys[:, 0, 0]
-            key_mask = keys.reshape(keys.shape[0], -1)
+            key_mask = attention_mask.reshape(attention_mask.shape[0], -1)
             if num_video < q.shape[1]:
                 text_mask = key_mask[:, num_video:].bool()
         call = AttentionCall(geometry=self.runtime.plan.geometry, num_video=num_video, dense=dense,

@@ -4,8 +4,9 @@
 processors.
 
 The text part is [image, ByT5, MLLM] tokens, valid ones first, with a key mask the stock processor turns into a
-[B, 1, S, S] mask (padding tokens neither attend nor are attended); turbo's processor builds the same mask, so the
-dense path is the stock one, and methods get the video rows with the valid text keys as their tail.
+[B, 1, S, S] mask (padding tokens neither attend nor are attended); turbo's dense calls get that mask for the rows
+they compute (so the dense path is the stock one), and methods get the video rows with the valid text keys as their
+tail — without the S × S mask, which at 480p (S ≈ 50 k) is 2.4 GB.
 
 diffusers registers no block metadata for this model (its own caches do not support it); this module registers it
 (hidden states and the text stream are the block's outputs 0 and 1), so block hooks — turbo's Temporal Delta Cache,
@@ -39,12 +40,11 @@ def _register_block_metadata() -> None:
 _register_block_metadata()
 
 
-def joint_attention_mask(text_mask: torch.Tensor, length: int) -> torch.Tensor:
-    """The stock processor's mask: `text_mask` [B, L] (True = real token) padded with True for the video tokens in
-    front to [B, S] (S = `length`), then bool [B, 1, S, S] = valid query row & valid key column."""
+def key_mask(text_mask: torch.Tensor, length: int) -> torch.Tensor:
+    """`text_mask` [B, L] (nonzero = real token) padded with True for the video tokens in front: bool [B, 1, 1, S]
+    (S = `length`), which keys may be attended."""
     keys = F.pad(text_mask, (length - text_mask.shape[1], 0), value=True).bool()
-    rows = keys.view(keys.shape[0], 1, 1, length).repeat(1, 1, length, 1)
-    return rows & rows.transpose(2, 3)
+    return keys.view(keys.shape[0], 1, 1, length)
 
 
 class TurboHunyuanVideo15AttnProcessor(TurboProcessorMixin, HunyuanVideo15AttnProcessor2_0):
@@ -55,6 +55,12 @@ class TurboHunyuanVideo15AttnProcessor(TurboProcessorMixin, HunyuanVideo15AttnPr
     def __init__(self, runtime, layer_index: int, original):
         super().__init__()
         self._init_turbo(runtime, layer_index, original)
+
+    def _dense_mask(self, attn_mask: torch.Tensor, rows: int) -> torch.Tensor:
+        """The stock mask of the last `rows` query rows, bool [B, 1, rows, S]: valid query row & valid key column (a
+        padding token attends nothing). Built only for the rows a dense call computes — the stock processor builds
+        all S × S of it."""
+        return attn_mask & attn_mask[..., -rows:].transpose(-1, -2)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
         query = attn.norm_q(_heads(attn.to_q(hidden_states), attn.heads))
@@ -75,7 +81,7 @@ class TurboHunyuanVideo15AttnProcessor(TurboProcessorMixin, HunyuanVideo15AttnPr
             query = torch.cat([query, encoder_query], dim=1)
             key = torch.cat([key, encoder_key], dim=1)
             value = torch.cat([value, encoder_value], dim=1)
-        mask = joint_attention_mask(attention_mask, query.shape[1])
+        mask = key_mask(attention_mask, query.shape[1])
         hidden_states = self._self_attention(attn, query, key, value, mask, num_video=num_video)
         hidden_states = hidden_states.flatten(2, 3).to(query.dtype)
 
