@@ -131,20 +131,19 @@ class TurboProcessorMixin:
                 "turbo attention ran outside a transformer forward (no token geometry); call the whole transformer."
             )
         num_video = q.shape[1] if num_video is None else num_video
-        if plan.dense or self.dense_layer:
-            if plan.capture:
-                self.runtime.record_capture(self.layer_index, q, k, v, num_video, attention_mask)
-            return self._dense(q, k, v, attn_mask=attention_mask)
-        ulysses = self._ulysses() if getattr(attn, METHOD_ATTR).whole_sequence else None
-        if ulysses is None:
-            if plan.capture:
-                self.runtime.record_capture(self.layer_index, q, k, v, num_video, attention_mask)
-            return self._method(attn, q, k, v, attention_mask, num_video)
-        if plan.capture or attention_mask is not None or num_video < q.shape[1]:
+        dense = plan.dense or self.dense_layer
+        ulysses = None if dense or not getattr(attn, METHOD_ATTR).whole_sequence else self._ulysses()
+        if ulysses is not None and (plan.capture or attention_mask is not None or num_video < q.shape[1]):
             raise TurboError(
                 "turbo attention under context parallelism runs video-only self-attention without a mask (Wan); "
                 "q/k/v capture (turbo fit) and joint text-video attention run on one process."
             )
+        if plan.capture:
+            self.runtime.record_capture(self.layer_index, q, k, v, num_video, attention_mask)
+        if dense:
+            return self._dense(q, k, v, attn_mask=attention_mask)
+        if ulysses is None:
+            return self._method(attn, q, k, v, attention_mask, num_video)
         group, world, rank = ulysses
         q, k, v = (sequence_to_heads(x, group, world) for x in (q, k, v))
         out = self._method(attn, q, k, v, None, q.shape[1], heads=head_range(rank, world, q.shape[2] * world))
