@@ -15,6 +15,32 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.unflatten(2, (heads, -1))
 
 
+def append_text_stream(attn, query, key, value, encoder_hidden_states):
+    """[video; text] q, k, v [B, S, H, D]: the text stream's own projections and QK-norms (dual-stream blocks),
+    appended after the video tokens as the stock processors do."""
+    encoder_query = _heads(attn.add_q_proj(encoder_hidden_states), attn.heads)
+    encoder_key = _heads(attn.add_k_proj(encoder_hidden_states), attn.heads)
+    encoder_value = _heads(attn.add_v_proj(encoder_hidden_states), attn.heads)
+    if attn.norm_added_q is not None:
+        encoder_query = attn.norm_added_q(encoder_query)
+    if attn.norm_added_k is not None:
+        encoder_key = attn.norm_added_k(encoder_key)
+    return (torch.cat([query, encoder_query], dim=1), torch.cat([key, encoder_key], dim=1),
+            torch.cat([value, encoder_value], dim=1))
+
+
+def split_joint_output(attn, hidden_states, encoder_hidden_states, num_video: int):
+    """The attention output [B, S, H·D] back to (video, text) streams through their output projections, as stock."""
+    if encoder_hidden_states is not None:
+        hidden_states, encoder_hidden_states = hidden_states[:, :num_video], hidden_states[:, num_video:]
+        if getattr(attn, "to_out", None) is not None:
+            hidden_states = attn.to_out[0](hidden_states)
+            hidden_states = attn.to_out[1](hidden_states)
+        if getattr(attn, "to_add_out", None) is not None:
+            encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+    return hidden_states, encoder_hidden_states
+
+
 class TurboHunyuanVideoAttnProcessor(TurboProcessorMixin, HunyuanVideoAttnProcessor2_0):
     """Joint video+text attention exactly as stock (RoPE on the video part only), then turbo's method over
     [video; text] with video tokens first. Parameters are declared explicitly: diffusers' `Attention.forward`
@@ -46,30 +72,13 @@ class TurboHunyuanVideoAttnProcessor(TurboProcessorMixin, HunyuanVideoAttnProces
                 query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
                 key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
         if attn.add_q_proj is not None and encoder_hidden_states is not None:
-            encoder_query = _heads(attn.add_q_proj(encoder_hidden_states), attn.heads)
-            encoder_key = _heads(attn.add_k_proj(encoder_hidden_states), attn.heads)
-            encoder_value = _heads(attn.add_v_proj(encoder_hidden_states), attn.heads)
-            if attn.norm_added_q is not None:
-                encoder_query = attn.norm_added_q(encoder_query)
-            if attn.norm_added_k is not None:
-                encoder_key = attn.norm_added_k(encoder_key)
-            query = torch.cat([query, encoder_query], dim=1)
-            key = torch.cat([key, encoder_key], dim=1)
-            value = torch.cat([value, encoder_value], dim=1)
+            query, key, value = append_text_stream(attn, query, key, value, encoder_hidden_states)
 
         num_text = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
         num_video = query.shape[1] - num_text
         hidden_states = self._self_attention(attn, query, key, value, attention_mask, num_video=num_video)
         hidden_states = hidden_states.flatten(2, 3).to(query.dtype)
-
-        if encoder_hidden_states is not None:
-            hidden_states, encoder_hidden_states = hidden_states[:, :num_video], hidden_states[:, num_video:]
-            if getattr(attn, "to_out", None) is not None:
-                hidden_states = attn.to_out[0](hidden_states)
-                hidden_states = attn.to_out[1](hidden_states)
-            if getattr(attn, "to_add_out", None) is not None:
-                encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
-        return hidden_states, encoder_hidden_states
+        return split_joint_output(attn, hidden_states, encoder_hidden_states, num_video)
 
 
 class HunyuanVideoAdapter(ModelAdapter):

@@ -24,7 +24,7 @@ from diffusers.models.transformers.transformer_hunyuan_video15 import (
 )
 
 from .base import ModelAdapter, SelfAttentionSite, TurboProcessorMixin, find_module_list
-from .hunyuan import _heads
+from .hunyuan import _heads, append_text_stream, split_joint_output
 
 
 def _register_block_metadata() -> None:
@@ -71,28 +71,11 @@ class TurboHunyuanVideo15AttnProcessor(TurboProcessorMixin, HunyuanVideo15AttnPr
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
         num_video = query.shape[1]
         if encoder_hidden_states is not None:
-            encoder_query = _heads(attn.add_q_proj(encoder_hidden_states), attn.heads)
-            encoder_key = _heads(attn.add_k_proj(encoder_hidden_states), attn.heads)
-            encoder_value = _heads(attn.add_v_proj(encoder_hidden_states), attn.heads)
-            if attn.norm_added_q is not None:
-                encoder_query = attn.norm_added_q(encoder_query)
-            if attn.norm_added_k is not None:
-                encoder_key = attn.norm_added_k(encoder_key)
-            query = torch.cat([query, encoder_query], dim=1)
-            key = torch.cat([key, encoder_key], dim=1)
-            value = torch.cat([value, encoder_value], dim=1)
+            query, key, value = append_text_stream(attn, query, key, value, encoder_hidden_states)
         mask = key_mask(attention_mask, query.shape[1])
         hidden_states = self._self_attention(attn, query, key, value, mask, num_video=num_video)
         hidden_states = hidden_states.flatten(2, 3).to(query.dtype)
-
-        if encoder_hidden_states is not None:
-            hidden_states, encoder_hidden_states = hidden_states[:, :num_video], hidden_states[:, num_video:]
-            if getattr(attn, "to_out", None) is not None:
-                hidden_states = attn.to_out[0](hidden_states)
-                hidden_states = attn.to_out[1](hidden_states)
-            if getattr(attn, "to_add_out", None) is not None:
-                encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
-        return hidden_states, encoder_hidden_states
+        return split_joint_output(attn, hidden_states, encoder_hidden_states, num_video)
 
 
 class HunyuanVideo15Adapter(ModelAdapter):
