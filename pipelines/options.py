@@ -236,6 +236,9 @@ def validate_request(*, model: str | registry.ModelPreset = registry.DEFAULT_MOD
             raise RequestError(f"guidance must be a number, got {guidance!r}.")
         if not math.isfinite(guidance) or guidance < 0:
             raise RequestError(f"guidance={guidance} must be a finite number >= 0.")
+        if preset.family == "hunyuanvideo15":
+            raise RequestError(f"{preset.name} is a HunyuanVideo 1.5 pipeline: its CFG scale comes from the pipeline's "
+                               "guider (guider/config.json), not from --guidance; leave --guidance out.")
         guidance = float(guidance)
     device = check_device(device)
     if dtype is None:
@@ -332,7 +335,7 @@ def fit_request(request: Request, config, *, steps_given: bool, guidance_given: 
     sampler = getattr(config, "sampler", None)
     if sampler is None or sampler.mode != "rcm":
         return request
-    if request.model.family == "hunyuanvideo":
+    if request.model.family in ("hunyuanvideo", "hunyuanvideo15"):
         raise RequestError(f"the rCM sampler runs on Wan pipelines only, not on {request.model.name}.")
     most = len(sampler.angles()) + 1
     steps = request.steps if steps_given else sampler.steps

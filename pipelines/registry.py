@@ -46,7 +46,8 @@ class RegistryError(ValueError):
 class ModelPreset:
     """One model turbo knows: where it comes from and how it is called natively.
 
-    ``kind`` is "t2v" or "i2v"; ``family`` "wan", "wan22" or "hunyuanvideo" (None for an unrecognised directory);
+    ``kind`` is "t2v" or "i2v"; ``family`` "wan", "wan22", "hunyuanvideo" or "hunyuanvideo15" (None for an
+    unrecognised directory);
     ``source`` a local directory or a Hugging Face hub id; ``guidance`` None leaves the pipeline's own default;
     ``recommended`` the turbo preset that suits the weights (None = turbo's default config, or the converted
     transformer's recipe); ``needs`` one line on GPU memory and fine-tuned parts; ``toyworld`` marks the project's own
@@ -254,6 +255,8 @@ def model_kind_of_dir(path: str | os.PathLike) -> str | None:
 
 
 def _family_of(class_name: str, index: dict) -> str | None:
+    if class_name.startswith("HunyuanVideo15"):
+        return "hunyuanvideo15"
     if class_name.startswith("HunyuanVideo"):
         return "hunyuanvideo"
     if class_name.startswith("Wan"):
@@ -287,10 +290,10 @@ def resolve_model(model: str | os.PathLike | ModelPreset) -> ModelPreset:
     family = _family_of(index["_class_name"], index)
     if (resolved / "checksums.json").is_file():
         return _toyworld_preset(text, resolved, f"ToyWorld {index['_class_name']} ({text})", kind, family)
-    hunyuan = family == "hunyuanvideo"
-    return ModelPreset(text, f"{index['_class_name']} ({text})", kind, family, str(resolved),
-                       720 if hunyuan else 480, 1280 if hunyuan else 832, 129 if hunyuan else 81, 50, None, None,
-                       "a local diffusers pipeline directory")
+    height, width, frames = {"hunyuanvideo": (720, 1280, 129), "hunyuanvideo15": (480, 848, 121)}.get(
+        family, (480, 832, 81))  # each pipeline's native size (HunyuanVideo 1.5: its 480p 16:9 bucket)
+    return ModelPreset(text, f"{index['_class_name']} ({text})", kind, family, str(resolved), height, width, frames,
+                       50, None, None, "a local diffusers pipeline directory")
 
 
 # ------------------------------------------------------------------------------------------------------- availability

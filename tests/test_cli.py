@@ -133,3 +133,24 @@ def test_cpu_runs_reuse_freed_memory():
     from pipelines.cli import reuse_freed_memory
 
     assert reuse_freed_memory() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+
+
+def test_a_hunyuanvideo15_directory_generates_with_the_default_and_refuses_guidance(tmp_path, capsys):
+    """A local HunyuanVideo 1.5 pipeline directory: its native 480p defaults, `turbo generate` writes a video with
+    turbo's default (the Temporal Delta Cache), and --guidance (the guider's business) is one sentence."""
+    from pipelines import tiny
+    from pipelines.options import validate_request
+
+    tiny.build_hunyuan15_t2v().save_pretrained(tmp_path / "hv15")
+    request = validate_request(model=str(tmp_path / "hv15"))
+    assert request.model.family == "hunyuanvideo15" and (request.height, request.width, request.frames) == (
+        480, 848, 121)
+    assert "guidance_scale" not in request.call_kwargs()
+    out = tmp_path / "hv15.mp4"
+    small = ["--height", "64", "--width", "64", "--frames", "9", "--steps", "3"]
+    assert main(["generate", "--model", str(tmp_path / "hv15"), *small, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert out.is_file() and "HunyuanVideo15Transformer3DModel" in printed and "cache      tdc" in printed
+    assert main(["generate", "--model", str(tmp_path / "hv15"), *small, "--guidance", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("turbo: ") and "guider" in err and err.count("\n") == 1
