@@ -238,7 +238,7 @@ def validate_request(*, model: str | registry.ModelPreset = registry.DEFAULT_MOD
             raise RequestError(f"guidance={guidance} must be a finite number >= 0.")
         if preset.family == "hunyuanvideo15":
             raise RequestError(f"{preset.name} is a HunyuanVideo 1.5 pipeline: its CFG scale comes from the pipeline's "
-                               "guider (guider/config.json), not from --guidance; leave --guidance out.")
+                               "guider (guider/config.json), not from a guidance setting; leave guidance unset.")
         guidance = float(guidance)
     device = check_device(device)
     if dtype is None:
